@@ -1,0 +1,233 @@
+"""The `vagent` command: start, watch and stop the voice agent's services."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.spinner import Spinner
+
+from vagent import __version__
+from vagent.cli.status import ServiceStatus, as_json, collect, exit_code, problems, table
+from vagent.cli.supervisor import DRAIN_BOUND_S, Supervisor, SupervisorError
+from vagent.services.config import SERVICES, ConfigError, Settings, env_file, load_settings
+
+app = typer.Typer(
+    help="vagent: a resilient AI voice agent for Asterisk. Start it with `vagent up`.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+EXIT_OK, EXIT_WARNING, EXIT_CRITICAL = 0, 1, 2
+
+
+def _fail(message: str, code: int = EXIT_CRITICAL) -> NoReturn:
+    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as error:
+        _fail(f"configuration is invalid\n{error}")
+
+
+def _supervisor() -> Supervisor:
+    return Supervisor(_settings())
+
+
+def _require_running(sup: Supervisor) -> None:
+    if not sup.is_running():
+        _fail("vagent is not running: start it with `vagent up`")
+
+
+def _wait_ready(sup: Supervisor, timeout_s: float) -> list[ServiceStatus]:
+    """Poll supervisord and /health until every service answers, showing progress."""
+    deadline = time.monotonic() + timeout_s
+    rows = collect(sup, sup.settings, timeout_s=1.0)
+    spinner = Spinner("dots", text="waiting for the services to become ready")
+    with Live(Group(spinner, table(rows)), console=console, transient=False) as live:
+        while time.monotonic() < deadline:
+            rows = collect(sup, sup.settings, timeout_s=1.0)
+            live.update(Group(spinner, table(rows)))
+            services = [r for r in rows if r.name in SERVICES]
+            if all(r.ready for r in services) or any(r.state == "FATAL" for r in rows):
+                break
+            time.sleep(0.5)
+        live.update(table(rows))
+    return rows
+
+
+def _report(rows: list[ServiceStatus], sup: Supervisor) -> int:
+    code = exit_code(rows)
+    for line in problems(rows, include_warnings=code == EXIT_WARNING):
+        console.print(f"  [yellow]![/yellow] {line}", highlight=False)
+    for row in rows:
+        if row.state in ("FATAL", "BACKOFF", "EXITED"):
+            tail, _ = sup.tail(row.name, 0, 2000)
+            console.print(f"[red]{row.name} last output:[/red]\n{tail.strip()}", highlight=False)
+    return code
+
+
+@app.command()
+def up(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for every service.")] = 60.0,
+    foreground: Annotated[
+        bool, typer.Option(help="Run supervisord in the foreground (for systemd).")
+    ] = False,
+) -> None:
+    """Start every service under supervisord and wait until each answers /health.
+
+    Exit code: 0 all healthy, 1 some degraded, 2 some not ready in time.
+    """
+    sup = _supervisor()
+    if sup.is_running():
+        console.print(f"vagent is already up (run dir {sup.settings.run_dir}).")
+        console.print(table(collect(sup, sup.settings)))
+        raise typer.Exit(EXIT_OK)
+    try:
+        if foreground:
+            sup.exec_foreground()
+        sup.start()
+    except SupervisorError as error:
+        _fail(str(error))
+    rows = _wait_ready(sup, timeout)
+    code = _report(rows, sup)
+    summary = {0: "[green]all services healthy[/green]", 1: "[yellow]up, degraded[/yellow]"}
+    console.print(summary.get(code, "[red]not every service is ready[/red]"))
+    raise typer.Exit(code)
+
+
+@app.command()
+def down(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean stop.")] = float(
+        DRAIN_BOUND_S + 20
+    ),
+) -> None:
+    """Stop the services, the embedded Redis and supervisord. Safe to run twice."""
+    sup = _supervisor()
+    if not sup.is_running():
+        console.print("vagent is not running.")
+        raise typer.Exit(EXIT_OK)
+    try:
+        sup.shutdown(timeout)
+    except SupervisorError as error:
+        _fail(str(error))
+    console.print("vagent stopped.")
+
+
+@app.command()
+def status(
+    as_json_flag: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Per service: process state, pid, uptime, restarts, health and failing checks.
+
+    Exit code: 0 healthy, 1 degraded, 2 down or unhealthy.
+    """
+    sup = _supervisor()
+    rows = collect(sup, sup.settings)
+    code = exit_code(rows)
+    if as_json_flag:
+        print(json.dumps(as_json(rows), indent=2))
+        raise typer.Exit(code)
+    if not sup.is_running():
+        console.print("vagent is not running: start it with `vagent up`.")
+        raise typer.Exit(code)
+    console.print(table(rows))
+    for line in problems(rows, include_warnings=False):
+        console.print(f"  [red]![/red] {line}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.command()
+def logs(
+    service: Annotated[str, typer.Argument(help="call_controller, stt_service, llm_service, "
+                                                "tts_service or redis.")],
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing.")] = False,
+    lines: Annotated[int, typer.Option("-n", "--lines", help="Lines to show.")] = 50,
+) -> None:
+    """Show a service's log (read from supervisord)."""
+    sup = _supervisor()
+    if service not in sup.programs:
+        _fail(f"unknown service {service!r}: choose one of {', '.join(sup.programs)}")
+    _require_running(sup)
+    text, offset = sup.tail(service, 0, 256 * 1024)
+    for line in text.splitlines()[-lines:] if lines > 0 else []:
+        print(line)
+    while follow:
+        try:
+            time.sleep(0.5)
+            text, offset = sup.tail(service, offset, 256 * 1024)
+        except KeyboardInterrupt:
+            break
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+@app.command()
+def restart(
+    service: Annotated[str | None, typer.Argument(help="One service; all when omitted.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for health.")] = 60.0,
+) -> None:
+    """Restart one service or all of them, then wait until they answer /health."""
+    sup = _supervisor()
+    _require_running(sup)
+    if service is not None and service not in sup.programs:
+        _fail(f"unknown service {service!r}: choose one of {', '.join(sup.programs)}")
+    sup.restart([service] if service else list(SERVICES))
+    raise typer.Exit(_report(_wait_ready(sup, timeout), sup))
+
+
+@app.command("systemd-unit")
+def systemd_unit() -> None:
+    """Print a systemd unit that runs vagent at boot (`vagent up --foreground`)."""
+    settings = _settings()
+    vagent = shutil.which("vagent") or f"{sys.executable} -m vagent.cli.main"
+    dotenv = env_file()
+    lines = [
+        "[Unit]",
+        "Description=vagent AI voice agent for Asterisk",
+        "After=network-online.target asterisk.service",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        "Type=simple",
+        f"Environment=VAGENT_HOME={settings.home.resolve()}",
+    ]
+    if dotenv is not None:
+        lines.append(f"Environment=VAGENT_ENV_FILE={dotenv.resolve()}")
+    lines += [
+        f"ExecStart={vagent} up --foreground",
+        f"ExecStop={vagent} down",
+        f"TimeoutStopSec={DRAIN_BOUND_S + 30}",
+        "Restart=on-failure",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+    ]
+    print("\n".join(lines))
+
+
+@app.command()
+def version() -> None:
+    """Print vagent's version."""
+    print(__version__)
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,3 @@
+from vagent.services.call_controller.service import main
+
+main()

@@ -1,0 +1,217 @@
+"""Configuration from the environment and a `.env` file.
+
+Every process of vagent (the CLI and the four services) reads the same
+settings, so a value an admin sets once means the same thing everywhere.
+A bad value never surfaces as a traceback: `load_settings` turns pydantic's
+errors into a `ConfigError` that names the variable and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICES: tuple[str, ...] = ("call_controller", "stt_service", "llm_service", "tts_service")
+
+ENV_FILE_VARIABLE = "VAGENT_ENV_FILE"
+
+
+def default_home() -> Path:
+    """Per-user state directory, so a non-root admin can run vagent too."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "vagent"
+
+
+class ConfigError(Exception):
+    """Invalid configuration, phrased for the admin who has to fix it."""
+
+
+class Settings(BaseSettings):
+    """All of vagent's configuration. Field descriptions double as fix hints."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VAGENT_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
+
+    home: Path = Field(
+        default_factory=default_home,
+        description="a writable directory for the run dir, logs and sockets",
+    )
+    bind_host: str = Field(
+        default="127.0.0.1",
+        description="the address the services listen on (loopback unless you mean it)",
+    )
+    port_base: int = Field(
+        default=8700,
+        ge=1024,
+        le=65000,
+        description="a port number between 1024 and 65000; services listen on the next four ports",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="a redis:// or unix:// URL, or leave it unset to run an embedded redis-server",
+    )
+    ari_url: str | None = Field(
+        default=None, description="the Asterisk HTTP server, e.g. http://127.0.0.1:8088"
+    )
+    ari_user: str = Field(default="vagent", description="the user of a section in ari.conf")
+    ari_password: SecretStr | None = Field(
+        default=None, description="the password of that ari.conf user"
+    )
+    ari_app: str = Field(
+        default="vagent",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="the Stasis application name used in the dialplan (letters, digits, _ . -)",
+    )
+    rtpengine_ng: str | None = Field(
+        default=None, description="the rtpengine ng control address as host:port, e.g. 127.0.0.1:2223"
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "VAGENT_OPENAI_API_KEY"),
+        description="an OpenAI API key, or leave it unset to run on local engines",
+    )
+    openai_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "VAGENT_OPENAI_BASE_URL"),
+        description="an http(s) URL of an OpenAI-compatible API, e.g. https://api.example.com/v1",
+    )
+    stt_model: str = Field(default="gpt-4o-mini-transcribe", min_length=1)
+    llm_model: str = Field(default="gpt-4o", min_length=1)
+    llm_fallback_models: str = Field(
+        default="gpt-4o-mini", description="a comma-separated list of model ids"
+    )
+    tts_model: str = Field(default="gpt-4o-mini-tts", min_length=1)
+    tts_voice: str = Field(default="alloy", min_length=1)
+    fallback_responses: Path | None = Field(
+        default=None,
+        description="the path of a TOML file of scripted replies (see fallback_responses.toml)",
+    )
+    turn_budget_ms: int = Field(
+        default=1500, ge=200, le=30000, description="milliseconds between 200 and 30000"
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="text or json")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="DEBUG, INFO, WARNING or ERROR"
+    )
+    health_timeout_s: float = Field(
+        default=1.0, gt=0, le=30, description="seconds (0 < value <= 30) each health check may take"
+    )
+
+    @field_validator("ari_url", "openai_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value.rstrip("/")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("rtpengine_ng")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port")
+        return value
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "log"
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def embedded_redis_socket(self) -> Path:
+        return self.run_dir / "redis.sock"
+
+    @property
+    def effective_redis_url(self) -> str:
+        """The URL services connect to: the configured one, or the embedded server's socket."""
+        return self.redis_url or f"unix://{self.embedded_redis_socket}"
+
+    @property
+    def fallback_models(self) -> list[str]:
+        return [m.strip() for m in self.llm_fallback_models.split(",") if m.strip()]
+
+    @property
+    def uses_openai(self) -> bool:
+        return self.openai_api_key is not None and bool(self.openai_api_key.get_secret_value())
+
+    def service_port(self, service: str) -> int:
+        return self.port_base + 1 + SERVICES.index(service)
+
+    def service_url(self, service: str) -> str:
+        host = "127.0.0.1" if self.bind_host in ("0.0.0.0", "::", "") else self.bind_host
+        return f"http://{host}:{self.service_port(service)}"
+
+    def secrets(self) -> list[str]:
+        """Values that must never reach a log line or an output."""
+        return [
+            s.get_secret_value()
+            for s in (self.openai_api_key, self.ari_password)
+            if s is not None and s.get_secret_value()
+        ]
+
+
+def _variable_name(loc: tuple[int | str, ...]) -> str:
+    field = str(loc[0]) if loc else "?"
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        return str(info.validation_alias.choices[0])
+    return f"VAGENT_{field.upper()}"
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        info = Settings.model_fields.get(field)
+        hint = info.description if info is not None and info.description else "a valid value"
+        reason = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{_variable_name(item['loc'])} is invalid ({reason}): set it to {hint}.")
+    return "\n".join(lines)
+
+
+def env_file() -> Path | None:
+    """The `.env` file in use: VAGENT_ENV_FILE, or `.env` in the current directory."""
+    explicit = os.environ.get(ENV_FILE_VARIABLE)
+    if explicit:
+        return Path(explicit)
+    local = Path(".env")
+    return local.resolve() if local.is_file() else None
+
+
+def load_settings() -> Settings:
+    """Read settings, or raise ConfigError with a message an admin can act on."""
+    path = env_file()
+    if path is not None and not path.is_file():
+        raise ConfigError(f"{ENV_FILE_VARIABLE} points to {path}, which is not a readable file.")
+    try:
+        return Settings(_env_file=path)  # type: ignore[call-arg]
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None

@@ -1,0 +1,3 @@
+from vagent.services.llm_service.service import main
+
+main()

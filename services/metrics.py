@@ -1,0 +1,51 @@
+"""Every Prometheus metric vagent exports, declared once.
+
+Each service process has its own registry, served at GET /metrics. Keeping
+the declarations together means one page lists what an admin can graph.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+BREAKER_STATE = Gauge(
+    "vagent_breaker_state",
+    "Circuit breaker state per dependency: 0 closed, 1 half-open, 2 open.",
+    ["dependency"],
+    registry=REGISTRY,
+)
+BREAKER_TRANSITIONS = Counter(
+    "vagent_breaker_transitions_total",
+    "Circuit breaker state changes per dependency and new state.",
+    ["dependency", "state"],
+    registry=REGISTRY,
+)
+DEPENDENCY_FAILURES = Counter(
+    "vagent_dependency_failures_total",
+    "Failed attempts at a dependency, by error kind (transient, permanent, breaker_open).",
+    ["dependency", "kind"],
+    registry=REGISTRY,
+)
+HEALTH_CHECK_STATUS = Gauge(
+    "vagent_health_check_status",
+    "Last result of each /health check: 0 pass, 1 warn, 2 fail.",
+    ["check"],
+    registry=REGISTRY,
+)
+SERVICE_HEALTH = Gauge(
+    "vagent_service_health",
+    "Aggregated service health: 0 healthy, 1 degraded, 2 unhealthy.",
+    registry=REGISTRY,
+)
+WORKER_BEATS = Counter(
+    "vagent_worker_heartbeats_total",
+    "Heartbeats the service's worker wrote to Redis, by outcome.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
+
+def render() -> bytes:
+    return generate_latest(REGISTRY)

@@ -1,0 +1,283 @@
+"""The one policy layer: timeouts, retries, circuit breakers and error classes.
+
+Services declare a `Policy` per dependency and call it through a
+`Dependency`; they never write their own retry loops. The rules:
+
+* every attempt has a timeout, cut short by the turn's deadline;
+* transient errors are retried with exponential backoff and jitter
+  (tenacity), but never past the deadline: a late answer on a phone call
+  is useless;
+* permanent errors (a refused key, an unknown model) are not retried and
+  open the breaker at once: the dependency is unusable until someone fixes it;
+* each dependency has one pybreaker breaker, driven correctly from asyncio
+  (see `AsyncBreaker`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import openai
+import pybreaker
+import redis.exceptions
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+from tenacity.stop import stop_base
+
+from vagent.services import metrics
+
+log = logging.getLogger("vagent.resilience")
+
+T = TypeVar("T")
+
+BREAKER_STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+
+
+class ErrorKind(enum.Enum):
+    TRANSIENT = "transient"  # retry; counts against the breaker
+    PERMANENT = "permanent"  # no retry; opens the breaker at once
+    REJECTED = "rejected"  # the dependency answered and refused this request: no retry, no count
+    DEADLINE = "deadline"  # our own budget ran out: no retry, not the dependency's fault
+    BREAKER_OPEN = "breaker_open"  # failed fast, nothing was sent
+
+
+class DependencyError(Exception):
+    """An error a client raises when it already knows its kind."""
+
+    kind: ErrorKind = ErrorKind.TRANSIENT
+
+    def __init__(self, message: str, kind: ErrorKind | None = None) -> None:
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
+
+
+class BreakerOpenError(DependencyError):
+    kind = ErrorKind.BREAKER_OPEN
+
+
+class DeadlineExceeded(DependencyError):
+    kind = ErrorKind.DEADLINE
+
+
+_OPENAI_PERMANENT = (
+    openai.AuthenticationError,
+    openai.PermissionDeniedError,
+    openai.NotFoundError,
+)
+_OPENAI_REJECTED = (openai.BadRequestError, openai.UnprocessableEntityError)
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """Sort an exception into an ErrorKind; unknown errors count as transient."""
+    if isinstance(exc, DependencyError):
+        return exc.kind
+    if isinstance(exc, _OPENAI_PERMANENT) or isinstance(exc, redis.exceptions.AuthenticationError):
+        return ErrorKind.PERMANENT
+    if isinstance(exc, _OPENAI_REJECTED) or isinstance(exc, redis.exceptions.ResponseError):
+        return ErrorKind.REJECTED
+    if isinstance(exc, httpx.HTTPStatusError):
+        return _classify_status(exc.response.status_code)
+    return ErrorKind.TRANSIENT
+
+
+def _classify_status(status: int) -> ErrorKind:
+    if status in (401, 403):
+        return ErrorKind.PERMANENT
+    if status in (408, 409, 429) or status >= 500:
+        return ErrorKind.TRANSIENT
+    return ErrorKind.REJECTED
+
+
+def _counts_against_breaker(kind: ErrorKind) -> bool:
+    return kind in (ErrorKind.TRANSIENT, ErrorKind.PERMANENT)
+
+
+class _Listener(pybreaker.CircuitBreakerListener):  # type: ignore[misc]
+    def __init__(self, owner: AsyncBreaker) -> None:
+        self.owner = owner
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
+        self.owner._on_state_change(old.name if old else None, new.name)
+
+
+class AsyncBreaker:
+    """pybreaker's state machine, driven from asyncio without its Tornado path.
+
+    pybreaker's `call()` would count an un-awaited coroutine as a success and
+    its `call_async` needs Tornado. So the outcome is awaited here first and
+    then replayed into pybreaker synchronously: pybreaker still owns the
+    counting, opening and half-opening. Cancellation is never replayed: a
+    caller that hung up says nothing about the dependency.
+    """
+
+    def __init__(self, name: str, fail_max: int, reset_timeout_s: float) -> None:
+        self.name = name
+        self.reset_timeout_s = reset_timeout_s
+        self._opened_at: float | None = None
+        self._breaker = pybreaker.CircuitBreaker(
+            fail_max=fail_max, reset_timeout=reset_timeout_s, name=name, listeners=[_Listener(self)]
+        )
+        metrics.BREAKER_STATE.labels(name).set(0)
+
+    @property
+    def state(self) -> str:
+        return str(self._breaker.current_state)
+
+    @property
+    def fail_count(self) -> int:
+        return int(self._breaker.fail_counter)
+
+    def retry_in(self) -> float:
+        """Seconds until an open breaker lets a trial call through (0 when not open)."""
+        if self.state != "open" or self._opened_at is None:
+            return 0.0
+        return max(0.0, self._opened_at + self.reset_timeout_s - time.monotonic())
+
+    def admit(self) -> None:
+        """Fail fast while open; after the reset timeout let a trial call through."""
+        if self.state == "open" and self.retry_in() > 0:
+            raise BreakerOpenError(
+                f"{self.name}: circuit open, next trial in {self.retry_in():.1f}s"
+            )
+
+    def record_success(self) -> None:
+        try:
+            self._breaker.call(_succeed)
+        except pybreaker.CircuitBreakerError:
+            pass  # another task opened it meanwhile: its failure wins
+
+    def record_failure(self, exc: Exception) -> None:
+        try:
+            self._breaker.call(_fail, exc)
+        except (pybreaker.CircuitBreakerError, type(exc)):
+            pass
+
+    def trip(self) -> None:
+        """Open now: used for permanent errors, which no retry will fix."""
+        if self.state != "open":
+            self._breaker.open()
+
+    def reset(self) -> None:
+        self._breaker.close()
+
+    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        self.admit()
+        try:
+            result = await operation()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            kind = classify(exc)
+            if kind is ErrorKind.PERMANENT:
+                self.trip()
+            elif _counts_against_breaker(kind):
+                self.record_failure(exc)
+            raise
+        self.record_success()
+        return result
+
+    def _on_state_change(self, old: str | None, new: str) -> None:
+        if new == "open":
+            self._opened_at = time.monotonic()
+        metrics.BREAKER_STATE.labels(self.name).set(BREAKER_STATE_VALUES.get(new, 0))
+        metrics.BREAKER_TRANSITIONS.labels(self.name, new).inc()
+        level = logging.WARNING if new == "open" else logging.INFO
+        log.log(level, "breaker %s: %s -> %s", self.name, old, new)
+
+
+def _succeed() -> None:
+    return None
+
+
+def _fail(exc: Exception) -> None:
+    raise exc
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How vagent treats one dependency. The defaults suit background work;
+    inside a live turn the deadline passed to `Dependency.call` rules."""
+
+    name: str
+    timeout_s: float = 2.0
+    attempts: int = 3
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 4.0
+    fail_max: int = 5
+    reset_timeout_s: float = 30.0
+
+
+class Dependency:
+    """A dependency called through its policy: timeout, retry, breaker."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.breaker = AsyncBreaker(policy.name, policy.fail_max, policy.reset_timeout_s)
+
+    async def call(
+        self, operation: Callable[[], Awaitable[T]], *, deadline: float | None = None
+    ) -> T:
+        """Run `operation` under the policy. `deadline` is a time.time() epoch."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.policy.attempts) | _stop_at_deadline(deadline),
+            wait=wait_exponential_jitter(
+                initial=self.policy.backoff_initial_s, max=self.policy.backoff_max_s
+            ),
+            retry=retry_if_exception(lambda e: classify(e) is ErrorKind.TRANSIENT),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self.breaker.call(lambda: self._attempt(operation, deadline))
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _attempt(self, operation: Callable[[], Awaitable[T]], deadline: float | None) -> T:
+        timeout = self.policy.timeout_s
+        cut_by_deadline = False
+        if deadline is not None:
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"{self.policy.name}: turn deadline passed")
+            cut_by_deadline = remaining < timeout
+            timeout = min(timeout, remaining)
+        try:
+            async with asyncio.timeout(timeout):
+                return await operation()
+        except TimeoutError:
+            self._count(ErrorKind.DEADLINE if cut_by_deadline else ErrorKind.TRANSIENT)
+            if cut_by_deadline:
+                raise DeadlineExceeded(f"{self.policy.name}: turn deadline passed") from None
+            raise TimeoutError(f"{self.policy.name}: no answer within {timeout:.2f}s") from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._count(classify(exc))
+            raise
+
+    def _count(self, kind: ErrorKind) -> None:
+        metrics.DEPENDENCY_FAILURES.labels(self.policy.name, kind.value).inc()
+
+
+class _stop_at_deadline(stop_base):  # noqa: N801 - named like tenacity's own stop strategies
+    """Stop retrying when the next backoff would end past the deadline."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+
+    def __call__(self, state: RetryCallState) -> bool:
+        if self.deadline is None:
+            return False
+        return time.time() + (state.upcoming_sleep or 0.0) >= self.deadline

@@ -1,0 +1,154 @@
+"""What every service process has in common: settings, logs, the HTTP app,
+its asyncio workers, and a clean exit.
+
+A service module only declares a `ServiceSpec` (its checks and workers);
+`serve` does the rest, so the four processes behave alike under supervisord.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import uvicorn
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+
+from vagent import __version__
+from vagent.services import metrics
+from vagent.services.config import ConfigError, Settings, load_settings
+from vagent.services.health import Check, HealthMonitor, http_status
+from vagent.services.logs import configure_logging
+from vagent.services.redis_client import RedisStore
+
+log = logging.getLogger("vagent.runtime")
+
+EX_CONFIG = 78  # sysexits.h: configuration error; supervisord marks the program FATAL
+
+HEARTBEAT_INTERVAL_S = 2.0
+
+
+@dataclass
+class ServiceSpec:
+    """What a service declares: its dependency checks, workers and cleanup."""
+
+    checks: list[Check]
+    workers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    cleanup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+Builder = Callable[[Settings, RedisStore], ServiceSpec]
+
+
+def embedded_note(settings: Settings, engine: str) -> str:
+    """How a local engine serves: as the embedded default, or as the fallback."""
+    if settings.uses_openai:
+        return f"local fallback {engine}"
+    return f"embedded default {engine} (no OPENAI_API_KEY)"
+
+
+def instance_id(service: str) -> str:
+    return f"{service}@{socket.gethostname()}:{os.getpid()}"
+
+
+def heartbeat_worker(service: str, store: RedisStore) -> Callable[[], Awaitable[None]]:
+    """Write a short-lived liveness key to Redis through the policy layer.
+
+    It lets any host see which replicas are alive, and it keeps the Redis
+    breaker honest: when Redis goes away the breaker opens and /health shows it.
+    """
+    key = f"vagent:heartbeat:{instance_id(service)}"
+
+    async def run() -> None:
+        while True:
+            try:
+                await store.call(lambda r: r.set(key, __version__, ex=10))
+                metrics.WORKER_BEATS.labels("ok").inc()
+            except Exception as exc:
+                metrics.WORKER_BEATS.labels("failed").inc()
+                log.warning("heartbeat to redis failed: %s", exc)
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+    return run
+
+
+def create_app(service: str, monitor: HealthMonitor) -> FastAPI:
+    app = FastAPI(title=f"vagent {service}", version=__version__, docs_url=None, redoc_url=None)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        body = await monitor.report()
+        return JSONResponse(body, status_code=http_status(body["status"]))  # type: ignore[arg-type]
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "pass", "service": service}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+async def _run_workers(workers: list[Callable[[], Awaitable[None]]]) -> None:
+    """A worker that dies takes the process with it: supervisord restarts it and counts it."""
+    tasks = [asyncio.create_task(w()) for w in workers]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("worker crashed: %r", task.exception())
+            os._exit(70)
+
+
+async def _serve(service: str, settings: Settings, build: Builder) -> None:
+    store = RedisStore(settings.effective_redis_url)
+    spec = build(settings, store)
+    checks = store.checks(settings.health_timeout_s) + spec.checks
+    monitor = HealthMonitor(service, __version__, checks)
+    workers = [heartbeat_worker(service, store), *spec.workers]
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        supervisor = asyncio.create_task(_run_workers(workers))
+        log.info("%s %s ready on %s", service, __version__, settings.service_url(service))
+        try:
+            yield
+        finally:
+            supervisor.cancel()
+            for cleanup in spec.cleanup:
+                await cleanup()
+            await store.close()
+
+    app = create_app(service, monitor)
+    app.router.lifespan_context = lifespan
+    config = uvicorn.Config(
+        app,
+        host=settings.bind_host,
+        port=settings.service_port(service),
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    await uvicorn.Server(config).serve()
+
+
+def serve(service: str, build: Builder) -> None:
+    """Entry point of a service process."""
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(f"{service}: configuration error:\n{error}", file=sys.stderr)
+        sys.exit(EX_CONFIG)
+    configure_logging(service, settings.log_format, settings.log_level, settings.secrets())
+    asyncio.run(_serve(service, settings, build))

@@ -1,0 +1,3 @@
+from vagent.services.stt_service.service import main
+
+main()

@@ -1,0 +1,3 @@
+from vagent.services.tts_service.service import main
+
+main()
