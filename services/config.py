@@ -178,22 +178,23 @@ class Settings(BaseSettings):
         ]
 
 
-def _variable_name(loc: tuple[int | str, ...]) -> str:
-    field = str(loc[0]) if loc else "?"
-    info = Settings.model_fields.get(field)
-    if info is not None and isinstance(info.validation_alias, AliasChoices):
-        return str(info.validation_alias.choices[0])
-    return f"VAGENT_{field.upper()}"
+def _field_for(loc: tuple[int | str, ...]) -> tuple[str, str | None]:
+    """(the environment variable, the fix hint) of the field an error is about."""
+    key = str(loc[0]) if loc else "?"
+    for name, info in Settings.model_fields.items():
+        aliases = info.validation_alias.choices if isinstance(info.validation_alias, AliasChoices) else []
+        if key == name or key.upper() in (str(a).upper() for a in aliases):
+            variable = str(aliases[0]) if aliases else f"VAGENT_{name.upper()}"
+            return variable, info.description
+    return f"VAGENT_{key.upper()}", None
 
 
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else ""
-        info = Settings.model_fields.get(field)
-        hint = info.description if info is not None and info.description else "a valid value"
+        variable, hint = _field_for(item["loc"])
         reason = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{_variable_name(item['loc'])} is invalid ({reason}): set it to {hint}.")
+        lines.append(f"{variable} is invalid ({reason}): set it to {hint or 'a valid value'}.")
     return "\n".join(lines)
 
 

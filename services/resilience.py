@@ -234,7 +234,9 @@ class Dependency:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.policy.attempts) | _stop_at_deadline(deadline),
             wait=wait_exponential_jitter(
-                initial=self.policy.backoff_initial_s, max=self.policy.backoff_max_s
+                multiplier=self.policy.backoff_initial_s,
+                jitter=self.policy.backoff_initial_s,
+                max=self.policy.backoff_max_s,
             ),
             retry=retry_if_exception(lambda e: classify(e) is ErrorKind.TRANSIENT),
             reraise=True,

@@ -1,0 +1,127 @@
+"""Fixtures that start real processes: redis-server, and whole vagent stacks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_block(size: int = 5) -> int:
+    """A base port whose next `size` ports are free: a vagent stack needs five."""
+    for _ in range(50):
+        base = free_port()
+        if base + size > 65000:
+            continue
+        try:
+            for offset in range(size):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + offset))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free block of ports")
+
+
+class RedisServer:
+    """A real redis-server on a loopback port, that a test can stop and start again."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: run `make install`")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def command_count(self, command: str) -> int:
+        """How many times Redis ran `command`: proof of whether a call reached it."""
+        stats = redis.Redis(port=self.port).info("commandstats")
+        entry = stats.get(f"cmdstat_{command}", {})
+        return int(entry.get("calls", 0)) if isinstance(entry, dict) else 0
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Stack:
+    """An isolated vagent installation: its own VAGENT_HOME and ports."""
+
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def vagent(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "vagent"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=self.home,
+        )
+
+    def url(self, offset: int) -> str:
+        return f"http://127.0.0.1:{int(self.env['VAGENT_PORT_BASE']) + offset}"
+
+
+def make_stack(tmp_path: Path, **extra: str) -> Stack:
+    home = tmp_path / "vagent-home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAGENT_", "OPENAI_"))}
+    env.update(
+        VAGENT_HOME=str(home),
+        VAGENT_PORT_BASE=str(free_port_block()),
+        VAGENT_HEALTH_TIMEOUT_S="0.5",
+        COLUMNS="200",
+        **extra,
+    )
+    return Stack(home, env)
