@@ -38,7 +38,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	@mkdir -p .lint && ln -sfn "$(CURDIR)" .lint/vagent
-	cd .lint && MYPYPATH=. ../$(VENV)/bin/mypy --config-file ../pyproject.toml -p vagent
+	cd .lint && MYPYPATH=. ../$(VENV)/bin/mypy --config-file ../pyproject.toml -p vagent.cli -p vagent.services
 
 bench: install
 	$(PY) bench/run.py

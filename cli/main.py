@@ -152,8 +152,9 @@ def status(
 
 @app.command()
 def logs(
-    service: Annotated[str, typer.Argument(help="call_controller, stt_service, llm_service, "
-                                                "tts_service or redis.")],
+    service: Annotated[
+        str, typer.Argument(help="call_controller, stt_service, llm_service, tts_service or redis.")
+    ],
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing.")] = False,
     lines: Annotated[int, typer.Option("-n", "--lines", help="Lines to show.")] = 50,
 ) -> None:

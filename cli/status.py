@@ -59,9 +59,7 @@ def collect(sup: Supervisor, settings: Settings, timeout_s: float = 2.0) -> list
     for name in sup.programs:
         proc = procs.get(name)
         service_health = health.get(name)
-        if name not in SERVICES:
-            status = "-"
-        elif service_health is None:
+        if name not in SERVICES or service_health is None:
             status = "-"
         elif proc is not None and proc.state == "STARTING":
             status = "starting"

@@ -7,6 +7,7 @@ the run directory (mode 0700, never /tmp).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -190,10 +191,8 @@ class Supervisor:
     def shutdown(self, timeout_s: float) -> None:
         """Stop every program and supervisord itself, and wait until it is gone."""
         pid = self._pid()
-        try:
+        with contextlib.suppress(OSError, xmlrpc.client.Error):
             self.rpc().shutdown()
-        except (OSError, xmlrpc.client.Error):
-            pass
         deadline = time.monotonic() + timeout_s
         while pid is not None and _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)

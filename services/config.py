@@ -70,7 +70,8 @@ class Settings(BaseSettings):
         description="the Stasis application name used in the dialplan (letters, digits, _ . -)",
     )
     rtpengine_ng: str | None = Field(
-        default=None, description="the rtpengine ng control address as host:port, e.g. 127.0.0.1:2223"
+        default=None,
+        description="the rtpengine ng control address as host:port, e.g. 127.0.0.1:2223",
     )
     openai_api_key: SecretStr | None = Field(
         default=None,
@@ -182,7 +183,9 @@ def _field_for(loc: tuple[int | str, ...]) -> tuple[str, str | None]:
     """(the environment variable, the fix hint) of the field an error is about."""
     key = str(loc[0]) if loc else "?"
     for name, info in Settings.model_fields.items():
-        aliases = info.validation_alias.choices if isinstance(info.validation_alias, AliasChoices) else []
+        aliases = (
+            info.validation_alias.choices if isinstance(info.validation_alias, AliasChoices) else []
+        )
         if key == name or key.upper() in (str(a).upper() for a in aliases):
             variable = str(aliases[0]) if aliases else f"VAGENT_{name.upper()}"
             return variable, info.description
@@ -213,6 +216,6 @@ def load_settings() -> Settings:
     if path is not None and not path.is_file():
         raise ConfigError(f"{ENV_FILE_VARIABLE} points to {path}, which is not a readable file.")
     try:
-        return Settings(_env_file=path)  # type: ignore[call-arg]
+        return Settings(_env_file=path)
     except ValidationError as error:
         raise ConfigError(_describe(error)) from None

@@ -25,6 +25,10 @@ _STATUS_RANK: dict[CheckStatus, int] = {"pass": 0, "warn": 1, "fail": 2}
 _SERVICE_STATUS: tuple[ServiceStatus, ...] = ("healthy", "degraded", "unhealthy")
 
 
+class CheckFailed(Exception):
+    """Raised by a probe: the message is the output, the check's `failure` the status."""
+
+
 @dataclass(frozen=True)
 class CheckResult:
     status: CheckStatus
@@ -64,6 +68,8 @@ class Check:
             result = await asyncio.wait_for(self.probe(), self.timeout_s)
         except TimeoutError:
             result = CheckResult(self.failure, f"no answer within {self.timeout_s:g}s")
+        except CheckFailed as exc:
+            result = CheckResult(self.failure, str(exc))
         except Exception as exc:
             result = CheckResult(self.failure, f"{type(exc).__name__}: {exc}")
         self._last, self._last_at = result, time.monotonic()

@@ -47,7 +47,8 @@ class _ContextFilter(logging.Filter):
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-        call = f" call={record.call_id}" if getattr(record, "call_id", None) else ""
+        call_id = getattr(record, "call_id", None)
+        call = f" call={call_id}" if call_id else ""
         service = getattr(record, "service", "-")
         return f"{stamp}Z {record.levelname:<7} {service}{call} {record.name}: {record.msg}"
 

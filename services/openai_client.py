@@ -58,4 +58,6 @@ def openai_check(settings: Settings, models: list[str], timeout_s: float) -> Che
         return CheckResult("pass", "models available: " + ", ".join(models), ms, "ms")
 
     # Cached for longer: each probe is a billable-adjacent call to a remote API.
-    return Check("openai:models", "component", probe, timeout_s=timeout_s, cache_s=15.0, failure="warn")
+    return Check(
+        "openai:models", "component", probe, timeout_s=timeout_s, cache_s=15.0, failure="warn"
+    )

@@ -16,6 +16,7 @@ Services declare a `Policy` per dependency and call it through a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -84,9 +85,9 @@ def classify(exc: BaseException) -> ErrorKind:
     """Sort an exception into an ErrorKind; unknown errors count as transient."""
     if isinstance(exc, DependencyError):
         return exc.kind
-    if isinstance(exc, _OPENAI_PERMANENT) or isinstance(exc, redis.exceptions.AuthenticationError):
+    if isinstance(exc, (*_OPENAI_PERMANENT, redis.exceptions.AuthenticationError)):
         return ErrorKind.PERMANENT
-    if isinstance(exc, _OPENAI_REJECTED) or isinstance(exc, redis.exceptions.ResponseError):
+    if isinstance(exc, (*_OPENAI_REJECTED, redis.exceptions.ResponseError)):
         return ErrorKind.REJECTED
     if isinstance(exc, httpx.HTTPStatusError):
         return _classify_status(exc.response.status_code)
@@ -105,7 +106,7 @@ def _counts_against_breaker(kind: ErrorKind) -> bool:
     return kind in (ErrorKind.TRANSIENT, ErrorKind.PERMANENT)
 
 
-class _Listener(pybreaker.CircuitBreakerListener):  # type: ignore[misc]
+class _Listener(pybreaker.CircuitBreakerListener):
     def __init__(self, owner: AsyncBreaker) -> None:
         self.owner = owner
 
@@ -154,16 +155,13 @@ class AsyncBreaker:
             )
 
     def record_success(self) -> None:
-        try:
+        # If another task opened it meanwhile, its failure wins.
+        with contextlib.suppress(pybreaker.CircuitBreakerError):
             self._breaker.call(_succeed)
-        except pybreaker.CircuitBreakerError:
-            pass  # another task opened it meanwhile: its failure wins
 
     def record_failure(self, exc: Exception) -> None:
-        try:
+        with contextlib.suppress(pybreaker.CircuitBreakerError, type(exc)):
             self._breaker.call(_fail, exc)
-        except (pybreaker.CircuitBreakerError, type(exc)):
-            pass
 
     def trip(self) -> None:
         """Open now: used for permanent errors, which no retry will fix."""
@@ -273,7 +271,7 @@ class Dependency:
         metrics.DEPENDENCY_FAILURES.labels(self.policy.name, kind.value).inc()
 
 
-class _stop_at_deadline(stop_base):  # noqa: N801 - named like tenacity's own stop strategies
+class _stop_at_deadline(stop_base):
     """Stop retrying when the next backoff would end past the deadline."""
 
     def __init__(self, deadline: float | None) -> None:

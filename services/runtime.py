@@ -12,9 +12,10 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Response
@@ -23,7 +24,7 @@ from fastapi.responses import JSONResponse
 from vagent import __version__
 from vagent.services import metrics
 from vagent.services.config import ConfigError, Settings, load_settings
-from vagent.services.health import Check, HealthMonitor, http_status
+from vagent.services.health import Check, CheckResult, CheckStatus, HealthMonitor, http_status
 from vagent.services.logs import configure_logging
 from vagent.services.redis_client import RedisStore
 
@@ -34,13 +35,16 @@ EX_CONFIG = 78  # sysexits.h: configuration error; supervisord marks the program
 HEARTBEAT_INTERVAL_S = 2.0
 
 
+Job = Callable[[], Coroutine[Any, Any, None]]
+
+
 @dataclass
 class ServiceSpec:
     """What a service declares: its dependency checks, workers and cleanup."""
 
     checks: list[Check]
-    workers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    cleanup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    workers: list[Job] = field(default_factory=list)
+    cleanup: list[Job] = field(default_factory=list)
 
 
 Builder = Callable[[Settings, RedisStore], ServiceSpec]
@@ -53,11 +57,19 @@ def embedded_note(settings: Settings, engine: str) -> str:
     return f"embedded default {engine} (no OPENAI_API_KEY)"
 
 
+def local_engine_check(
+    settings: Settings, name: str, probe: Callable[[], Awaitable[CheckResult]]
+) -> Check:
+    """Without a key the local engine is all there is (fail); with one it is a fallback (warn)."""
+    failure: CheckStatus = "warn" if settings.uses_openai else "fail"
+    return Check(name, "component", probe, settings.health_timeout_s, 10.0, failure)
+
+
 def instance_id(service: str) -> str:
     return f"{service}@{socket.gethostname()}:{os.getpid()}"
 
 
-def heartbeat_worker(service: str, store: RedisStore) -> Callable[[], Awaitable[None]]:
+def heartbeat_worker(service: str, store: RedisStore) -> Job:
     """Write a short-lived liveness key to Redis through the policy layer.
 
     It lets any host see which replicas are alive, and it keeps the Redis
@@ -97,7 +109,7 @@ def create_app(service: str, monitor: HealthMonitor) -> FastAPI:
     return app
 
 
-async def _run_workers(workers: list[Callable[[], Awaitable[None]]]) -> None:
+async def _run_workers(workers: list[Job]) -> None:
     """A worker that dies takes the process with it: supervisord restarts it and counts it."""
     tasks = [asyncio.create_task(w()) for w in workers]
     try:

@@ -74,14 +74,19 @@ def test_missing_env_file_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_path:
 def _vagent(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(Path(sys.executable).parent / "vagent"), *args],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
 def test_cli_prints_the_fix_not_a_traceback(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAGENT_", "OPENAI_"))}
-    env.update(VAGENT_HOME=str(tmp_path), VAGENT_PORT_BASE="http", OPENAI_API_KEY=SECRET,
-               COLUMNS="200")
+    env.update(
+        VAGENT_HOME=str(tmp_path), VAGENT_PORT_BASE="http", OPENAI_API_KEY=SECRET, COLUMNS="200"
+    )
     result = _vagent(env, "status")
     assert result.returncode == 2
     assert "Traceback" not in result.stdout + result.stderr
@@ -94,7 +99,11 @@ def test_service_exits_with_config_error_and_message(tmp_path: Path) -> None:
     env.update(VAGENT_HOME=str(tmp_path), VAGENT_REDIS_URL="localhost", VAGENT_ARI_PASSWORD=SECRET)
     result = subprocess.run(
         [sys.executable, "-m", "vagent.services.llm_service"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 78
     assert "VAGENT_REDIS_URL is invalid" in result.stderr

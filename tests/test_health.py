@@ -47,8 +47,9 @@ async def test_hanging_check_is_bounded_by_its_timeout() -> None:
         await asyncio.sleep(30)
         return CheckResult("pass")
 
-    monitor = HealthMonitor("svc", "1", [Check("redis:ping", "datastore", hang, timeout_s=0.2),
-                                         constant("pass")])
+    monitor = HealthMonitor(
+        "svc", "1", [Check("redis:ping", "datastore", hang, timeout_s=0.2), constant("pass")]
+    )
     start = time.perf_counter()
     body = await monitor.report()
     assert time.perf_counter() - start < 0.5
@@ -92,7 +93,9 @@ async def test_body_has_the_ietf_draft_shape() -> None:
     async def probe() -> CheckResult:
         return CheckResult("pass", "PONG", 0.42, "ms")
 
-    body = await HealthMonitor("llm_service", "9.9", [Check("redis:ping", "datastore", probe)]).report()
+    body = await HealthMonitor(
+        "llm_service", "9.9", [Check("redis:ping", "datastore", probe)]
+    ).report()
     assert set(body) == {"status", "service", "version", "checks"}
     assert body["service"] == "llm_service" and body["version"] == "9.9"
     entry = body["checks"]["redis:ping"][0]  # type: ignore[index]

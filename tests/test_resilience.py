@@ -143,8 +143,9 @@ async def test_redis_py_does_not_retry_on_its_own(dropping_port: CountingListene
 
 
 async def test_transient_errors_are_retried_with_backoff(dropping_port: CountingListener) -> None:
-    policy = Policy("redis", timeout_s=0.5, attempts=3, backoff_initial_s=0.05,
-                    backoff_max_s=0.1, fail_max=10)
+    policy = Policy(
+        "redis", timeout_s=0.5, attempts=3, backoff_initial_s=0.05, backoff_max_s=0.1, fail_max=10
+    )
     store = RedisStore(f"redis://127.0.0.1:{dropping_port.port}", policy)
     with pytest.raises(RedisConnectionError):
         await store.call(lambda r: r.ping())
@@ -155,8 +156,9 @@ async def test_transient_errors_are_retried_with_backoff(dropping_port: Counting
 
 
 async def test_retries_never_run_past_the_deadline(dropping_port: CountingListener) -> None:
-    policy = Policy("redis", timeout_s=0.5, attempts=10, backoff_initial_s=0.2,
-                    backoff_max_s=0.2, fail_max=100)
+    policy = Policy(
+        "redis", timeout_s=0.5, attempts=10, backoff_initial_s=0.2, backoff_max_s=0.2, fail_max=100
+    )
     store = RedisStore(f"redis://127.0.0.1:{dropping_port.port}", policy)
     start = time.time()
     with pytest.raises((RedisConnectionError, DeadlineExceeded)):
@@ -180,8 +182,16 @@ async def test_attempt_timeout_is_cut_by_the_deadline() -> None:
 
 
 async def test_attempt_timeout_counts_as_transient_failure() -> None:
-    dependency = Dependency(Policy("slow", timeout_s=0.05, attempts=2, backoff_initial_s=0.01,
-                                   backoff_max_s=0.01, fail_max=5))
+    dependency = Dependency(
+        Policy(
+            "slow",
+            timeout_s=0.05,
+            attempts=2,
+            backoff_initial_s=0.01,
+            backoff_max_s=0.01,
+            fail_max=5,
+        )
+    )
     calls = 0
 
     async def hang() -> None:

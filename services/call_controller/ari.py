@@ -37,11 +37,11 @@ class AriClient:
         try:
             response = await self._http.request(method, path, params=params or None)
         except httpx.TimeoutException as exc:
-            raise AriError(f"ARI at {self.root} did not answer in time", ErrorKind.TRANSIENT) from exc
-        except httpx.TransportError as exc:
             raise AriError(
-                f"ARI unreachable at {self.root}: {exc}", ErrorKind.TRANSIENT
+                f"ARI at {self.root} did not answer in time", ErrorKind.TRANSIENT
             ) from exc
+        except httpx.TransportError as exc:
+            raise AriError(f"ARI unreachable at {self.root}: {exc}", ErrorKind.TRANSIENT) from exc
         if response.status_code >= 400:
             raise _error_from(response, self.root)
         return response.json() if response.content else None

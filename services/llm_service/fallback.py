@@ -77,7 +77,7 @@ def _faq(data: dict[str, object], source: Path) -> tuple[FaqEntry, ...]:
         reply = entry.get("reply") if isinstance(entry, dict) else None
         if not isinstance(keywords, list) or not keywords or not isinstance(reply, str):
             raise FallbackResponsesError(
-                f"{source}: [[faq]] entry {number} needs keywords = [...] and reply = \"...\""
+                f'{source}: [[faq]] entry {number} needs keywords = [...] and reply = "..."'
             )
         parsed.append(FaqEntry(tuple(str(k).lower() for k in keywords), reply))
     return tuple(parsed)

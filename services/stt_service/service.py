@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from vagent.services.config import Settings
-from vagent.services.health import Check, CheckResult
+from vagent.services.health import Check, CheckFailed, CheckResult
 from vagent.services.openai_client import openai_check
 from vagent.services.redis_client import RedisStore
-from vagent.services.runtime import ServiceSpec, embedded_note, serve
+from vagent.services.runtime import ServiceSpec, embedded_note, local_engine_check, serve
 
 NAME = "stt_service"
 
@@ -25,15 +25,12 @@ def pocketsphinx_check(settings: Settings) -> Check:
         try:
             model = pocketsphinx_model()
         except ImportError:
-            return CheckResult("fail", "pocketsphinx is not installed: run `make install`")
+            raise CheckFailed("pocketsphinx is not installed: run `make install`") from None
         if not (model / "mdef").is_file():
-            return CheckResult("fail", f"pocketsphinx model missing at {model}: reinstall it")
+            raise CheckFailed(f"pocketsphinx model missing at {model}: reinstall pocketsphinx")
         return CheckResult("pass", f"{embedded_note(settings, 'pocketsphinx')} (model en-us)")
 
-    severity = "warn" if settings.uses_openai else "fail"
-    return Check(
-        "local:pocketsphinx", "component", probe, settings.health_timeout_s, 10.0, severity
-    )
+    return local_engine_check(settings, "local:pocketsphinx", probe)
 
 
 def build(settings: Settings, store: RedisStore) -> ServiceSpec:

@@ -6,10 +6,10 @@ import asyncio
 import shutil
 
 from vagent.services.config import Settings
-from vagent.services.health import Check, CheckResult
+from vagent.services.health import Check, CheckFailed, CheckResult
 from vagent.services.openai_client import openai_check
 from vagent.services.redis_client import RedisStore
-from vagent.services.runtime import ServiceSpec, embedded_note, serve
+from vagent.services.runtime import ServiceSpec, embedded_note, local_engine_check, serve
 
 NAME = "tts_service"
 
@@ -20,18 +20,17 @@ def espeak_check(settings: Settings) -> Check:
     async def probe() -> CheckResult:
         binary = shutil.which("espeak-ng")
         if binary is None:
-            return CheckResult("fail", "espeak-ng not found: apt-get install espeak-ng")
+            raise CheckFailed("espeak-ng not found: apt-get install espeak-ng")
         process = await asyncio.create_subprocess_exec(
             binary, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
         out, _ = await process.communicate()
         if process.returncode != 0:
-            return CheckResult("fail", f"espeak-ng --version failed: {out.decode()[:200]}")
-        version = out.decode().split(":")[1].split()[0] if b":" in out else "?"
+            raise CheckFailed(f"espeak-ng --version failed: {out.decode(errors='replace')[:200]}")
+        version = out.decode(errors="replace").split(":")[1].split()[0] if b":" in out else "?"
         return CheckResult("pass", f"{embedded_note(settings, 'espeak-ng')} {version}")
 
-    severity = "warn" if settings.uses_openai else "fail"
-    return Check("local:espeak-ng", "component", probe, settings.health_timeout_s, 10.0, severity)
+    return local_engine_check(settings, "local:espeak-ng", probe)
 
 
 def build(settings: Settings, store: RedisStore) -> ServiceSpec:
