@@ -74,7 +74,7 @@ def ulaw_encode(audio: Audio) -> bytes:
     exponent = _EXPONENT[(magnitude >> 7) & 0xFF]
     mantissa = (magnitude >> (exponent + 3)) & 0x0F
     encoded = ~(sign | (exponent << 4) | mantissa) & 0xFF
-    return encoded.astype(np.uint8).tobytes()
+    return bytes(encoded.astype(np.uint8).tobytes())
 
 
 def ulaw_decode(data: bytes) -> Audio:

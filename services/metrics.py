@@ -45,6 +45,19 @@ WORKER_BEATS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+BUS_MESSAGES = Counter(
+    "vagent_bus_messages_total",
+    "Bus entries by stream and outcome: handled, expired (deadline passed), duplicate, "
+    "claimed (from a dead consumer), failed, dead_letter.",
+    ["stream", "outcome"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "vagent_dead_letters_total",
+    "Entries sent to the dead-letter stream, by source stream.",
+    ["stream"],
+    registry=REGISTRY,
+)
 
 
 def render() -> bytes:

@@ -102,6 +102,11 @@ def _classify_status(status: int) -> ErrorKind:
     return ErrorKind.REJECTED
 
 
+def _retryable(exc: BaseException) -> bool:
+    """Only transient errors; never a cancellation (tenacity sees BaseExceptions too)."""
+    return isinstance(exc, Exception) and classify(exc) is ErrorKind.TRANSIENT
+
+
 def _counts_against_breaker(kind: ErrorKind) -> bool:
     return kind in (ErrorKind.TRANSIENT, ErrorKind.PERMANENT)
 
@@ -236,7 +241,7 @@ class Dependency:
                 jitter=self.policy.backoff_initial_s,
                 max=self.policy.backoff_max_s,
             ),
-            retry=retry_if_exception(lambda e: classify(e) is ErrorKind.TRANSIENT),
+            retry=retry_if_exception(_retryable),
             reraise=True,
         )
         async for attempt in retrying:

@@ -70,6 +70,24 @@ async def test_cancellation_is_not_a_failure(redis_server: RedisServer) -> None:
     await store.close()
 
 
+async def test_cancellation_is_never_retried() -> None:
+    dependency = Dependency(Policy("slow", timeout_s=5.0, attempts=3, backoff_initial_s=0.01))
+    calls = 0
+
+    async def slow() -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(dependency.call(slow))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 1.0)
+    assert calls == 1
+    assert dependency.breaker.fail_count == 0
+
+
 async def test_half_open_recovers_when_redis_is_back(redis_server: RedisServer) -> None:
     store = RedisStore(redis_server.url, FAST)
     redis_server.stop()

@@ -1,0 +1,107 @@
+"""A fully configured stack: external Redis, OpenAI (the double), Asterisk (the ARI
+double) and the real rtpengine. Everything green, and no secret anywhere."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_stack import services_by_name, status, wait_for
+
+from conftest import RedisServer, Stack, make_stack
+from support.ari_double import AriDouble
+from support.openai_double import OpenAIDouble
+from support.rtpengine_proc import RtpEngineProcess
+
+pytestmark = pytest.mark.slow
+
+OPENAI_KEY = "sk-test-configured-stack-SECRET-4242"
+ARI_PASSWORD = "ari-SECRET-password-77"
+
+
+@pytest.fixture(scope="module")
+def configured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    workdir = tmp_path_factory.mktemp("configured")
+    redis = RedisServer(workdir)
+    redis.start()
+    with (
+        OpenAIDouble(api_key=OPENAI_KEY) as openai,
+        AriDouble(user="vagent", password=ARI_PASSWORD) as ari,
+        RtpEngineProcess() as rtpengine,
+    ):
+        stack = make_stack(
+            workdir,
+            VAGENT_REDIS_URL=redis.url,
+            OPENAI_API_KEY=OPENAI_KEY,
+            OPENAI_BASE_URL=openai.base_url,
+            VAGENT_ARI_URL=ari.base_url,
+            VAGENT_ARI_USER="vagent",
+            VAGENT_ARI_PASSWORD=ARI_PASSWORD,
+            VAGENT_RTPENGINE_NG=rtpengine.ng_address,
+        )
+        up = stack.vagent("up", "--timeout", "60")
+        try:
+            yield {"stack": stack, "up": up, "redis": redis, "openai": openai, "ari": ari}
+        finally:
+            stack.vagent("down")
+            redis.stop()
+
+
+def test_everything_configured_is_healthy(configured: dict[str, Any]) -> None:
+    up, stack = configured["up"], configured["stack"]
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "all services healthy" in up.stdout
+    code, body = status(stack)
+    assert code == 0
+    assert body["infrastructure"] == []  # external Redis: no embedded redis-server
+    checks = {
+        name: {c["name"]: c for c in service["checks"]}
+        for name, service in services_by_name(body).items()
+    }
+    assert checks["call_controller"]["ari:info"]["output"].startswith("Asterisk 22")
+    assert checks["call_controller"]["rtpengine:ping"]["output"] == "pong"
+    for service in ("stt_service", "llm_service", "tts_service"):
+        assert checks[service]["openai:models"]["status"] == "pass"
+        local = next(c for n, c in checks[service].items() if n.startswith("local:"))
+        assert local["output"].startswith("local fallback")
+    assert "gpt-4o, gpt-4o-mini" in checks["llm_service"]["openai:models"]["output"]
+
+
+def test_external_redis_loss_and_recovery(configured: dict[str, Any]) -> None:
+    stack, redis = configured["stack"], configured["redis"]
+    redis.stop()
+    try:
+        wait_for(
+            lambda: all(s["health"] == "unhealthy" for s in status(stack)[1]["services"]),
+            10,
+            "services to notice the external redis is gone",
+        )
+    finally:
+        redis.start()
+    wait_for(lambda: status(stack)[0] == 0, 15, "every service healthy again")
+
+
+def test_no_secret_in_output_logs_or_health(configured: dict[str, Any]) -> None:
+    stack: Stack = configured["stack"]
+    seen = [configured["up"].stdout, configured["up"].stderr]
+    seen.append(stack.vagent("status").stdout)
+    seen.append(stack.vagent("status", "--json").stdout)
+    seen.append(stack.vagent("systemd-unit").stdout)
+    for service in ("call_controller", "stt_service", "llm_service", "tts_service"):
+        seen.append(stack.vagent("logs", service, "-n", "500").stdout)
+    for offset in range(1, 5):
+        seen.append(httpx.get(stack.url(offset) + "/health", timeout=5).text)
+        seen.append(httpx.get(stack.url(offset) + "/metrics", timeout=5).text)
+    log_dir = Path(stack.env["VAGENT_HOME"]) / "log"
+    seen += [p.read_text(errors="replace") for p in log_dir.iterdir() if p.is_file()]
+    conf = Path(stack.env["VAGENT_HOME"]) / "run" / "supervisord.conf"
+    seen.append(conf.read_text())
+    everything = "\n".join(seen)
+    assert len(everything) > 1000  # we did look at real output
+    assert OPENAI_KEY not in everything
+    assert ARI_PASSWORD not in everything
+    assert json.loads(stack.vagent("status", "--json").stdout)["services"]
