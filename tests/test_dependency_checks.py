@@ -11,14 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from support.ari_double import AriDouble
 from support.openai_double import OpenAIDouble
 from support.rtpengine_proc import RtpEngineProcess
-from vagent.services.call_controller.service import rtpengine_check
+from vagent.services.call_controller.service import ari_check, rtpengine_check
 from vagent.services.config import Settings
 from vagent.services.health import HealthMonitor
 from vagent.services.openai_client import openai_check
 
 KEY = "sk-test-dependency-checks-0123456789"
+ARI_PASSWORD = "ari-check-password"
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +105,73 @@ async def test_rtpengine_check_fails_when_nothing_answers() -> None:
     assert body["status"] == "unhealthy"
     assert entry["status"] == "fail"
     assert address in entry["output"] or "0.3s" in entry["output"]
+
+
+@pytest.fixture(scope="module")
+def ari() -> Iterator[AriDouble]:
+    with AriDouble(user="vagent", password=ARI_PASSWORD) as double:
+        yield double
+
+
+async def ari_entry(url: str, password: str = ARI_PASSWORD, timeout_s: float = 1.0) -> dict:
+    settings = Settings(
+        home=Path("/nonexistent"), ari_url=url, ari_user="vagent", ari_password=password
+    )
+    check, client = ari_check(settings, timeout_s)
+    try:
+        body = await HealthMonitor("t", "1", [check]).report()
+    finally:
+        if client is not None:
+            await client.aclose()
+    return body["checks"]["ari:info"][0]  # type: ignore[index,no-any-return]
+
+
+async def test_ari_reachable_with_good_credentials(ari: AriDouble) -> None:
+    entry = await ari_entry(ari.base_url)
+    assert entry["status"] == "pass"
+    assert entry["output"].startswith("Asterisk 22.")
+    entry_with_suffix = await ari_entry(ari.base_url + "/ari")
+    assert entry_with_suffix["status"] == "pass"
+
+
+async def test_ari_refused_credentials_are_distinct(ari: AriDouble) -> None:
+    entry = await ari_entry(ari.base_url, password="wrong")
+    assert entry["status"] == "fail"
+    assert entry["output"].startswith("ARI refused the credentials (401)")
+    assert "wrong" not in entry["output"]
+
+
+async def test_ari_wrong_url_is_distinct(ari: AriDouble) -> None:
+    entry = await ari_entry(ari.base_url + "/asterisk")
+    assert entry["status"] == "fail"
+    assert entry["output"].startswith("no ARI at")
+    assert "(404)" in entry["output"]
+
+
+async def test_ari_unreachable_is_distinct() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    entry = await ari_entry(f"http://127.0.0.1:{port}")
+    assert entry["status"] == "fail"
+    assert entry["output"].startswith(f"ARI unreachable at http://127.0.0.1:{port}/ari")
+
+
+async def test_ari_hang_is_bounded(ari: AriDouble) -> None:
+    ari.hang(True)
+    try:
+        entry = await ari_entry(ari.base_url, timeout_s=0.3)
+    finally:
+        ari.hang(False)
+    assert entry["status"] == "fail"
+    assert "0.3s" in entry["output"] or "did not answer in time" in entry["output"]
+
+
+async def test_unconfigured_ari_is_a_warning_that_says_what_to_set() -> None:
+    check, client = ari_check(Settings(home=Path("/nonexistent")), 1.0)
+    assert client is None
+    body = await HealthMonitor("t", "1", [check]).report()
+    assert body["status"] == "degraded"
+    entry = body["checks"]["ari:info"][0]  # type: ignore[index]
+    assert entry["status"] == "warn"
+    assert "VAGENT_ARI_URL" in entry["output"] and "VAGENT_ARI_PASSWORD" in entry["output"]
