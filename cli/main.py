@@ -6,6 +6,7 @@ import json
 import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -14,6 +15,7 @@ from rich.live import Live
 from rich.spinner import Spinner
 
 from vagent import __version__
+from vagent.cli.probe import ProbeError, probe_table, run_probe
 from vagent.cli.status import ServiceStatus, as_json, collect, exit_code, problems, table
 from vagent.cli.supervisor import DRAIN_BOUND_S, Supervisor, SupervisorError
 from vagent.services.config import SERVICES, ConfigError, Settings, env_file, load_settings
@@ -188,6 +190,40 @@ def restart(
         _fail(f"unknown service {service!r}: choose one of {', '.join(sup.programs)}")
     sup.restart([service] if service else list(SERVICES))
     raise typer.Exit(_report(_wait_ready(sup, timeout), sup))
+
+
+@app.command("probe")
+def probe_command(
+    text: Annotated[
+        str | None, typer.Option(help="Skip speech recognition: send this text to the LLM.")
+    ] = None,
+    wav: Annotated[
+        Path | None, typer.Option(help="A WAV file to use as the caller's utterance.")
+    ] = None,
+    as_json_flag: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the whole reply.")] = 15.0,
+) -> None:
+    """Send one synthetic caller turn through the running stack (no Asterisk needed).
+
+    Without --text or --wav the utterance is spoken locally with espeak-ng.
+    Reports the transcript, the reply, which provider served each stage and
+    the time to first audio. Exit code: 0 the caller would hear an answer,
+    2 nothing came back.
+    """
+    if text is not None and wav is not None:
+        _fail("give --text or --wav, not both")
+    if wav is not None and not wav.is_file():
+        _fail(f"{wav} is not a readable file")
+    settings = _settings()
+    try:
+        result = run_probe(settings, text, wav, timeout)
+    except ProbeError as error:
+        _fail(str(error))
+    if as_json_flag:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        console.print(probe_table(result))
+    raise typer.Exit(EXIT_OK if result.heard else EXIT_CRITICAL)
 
 
 @app.command("systemd-unit")

@@ -80,9 +80,11 @@ class Envelope:
             "audio": self.audio,
         }
 
-    def follow_up(self, msg_id: str, body: dict[str, Any], audio: bytes = b"") -> Envelope:
-        """The next message of the same turn, with the same deadline."""
-        return Envelope(self.call_id, self.turn_id, self.deadline, msg_id, body, audio)
+    def follow_up(
+        self, msg_id: str, body: dict[str, Any], audio: bytes = b"", deadline: float | None = None
+    ) -> Envelope:
+        """The next message of the same turn, by default with the same deadline."""
+        return Envelope(self.call_id, self.turn_id, deadline or self.deadline, msg_id, body, audio)
 
 
 def decode(fields: dict[bytes, bytes]) -> Envelope:

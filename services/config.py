@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     turn_budget_ms: int = Field(
         default=1500, ge=200, le=30000, description="milliseconds between 200 and 30000"
     )
+    breaker_fail_max: int = Field(
+        default=3, ge=1, le=20, description="failures (1-20) before a breaker opens"
+    )
+    breaker_reset_s: float = Field(
+        default=30.0, gt=0, le=600, description="seconds (0 < value <= 600) a breaker stays open"
+    )
     log_format: Literal["text", "json"] = Field(default="text", description="text or json")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="DEBUG, INFO, WARNING or ERROR"

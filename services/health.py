@@ -133,3 +133,33 @@ def breaker_check(breaker: AsyncBreaker) -> Check:
         return CheckResult("warn", f"open: failing fast, next trial in {breaker.retry_in():.0f}s")
 
     return Check(f"breaker:{breaker.name}", "component", probe, timeout_s=0.5, cache_s=0.0)
+
+
+FALLBACK_WINDOW_S = 60.0
+
+
+class ServingTracker:
+    """Remembers who served a stage lately, so /health can say "degraded: on a fallback"."""
+
+    def __init__(self, stage: str, expected_kind: str) -> None:
+        self.stage = stage
+        self.expected_kind = expected_kind
+        self._last_fallback: tuple[float, str] | None = None
+
+    def record(self, kind: str, provider: str, failures: tuple[tuple[str, str], ...]) -> None:
+        metrics.SERVED.labels(self.stage, kind).inc()
+        if kind != self.expected_kind:
+            failed = ", ".join(f"{name}: {reason}" for name, reason in failures)
+            self._last_fallback = (time.monotonic(), f"{provider} ({failed or 'by design'})")
+
+    def check(self) -> Check:
+        async def probe() -> CheckResult:
+            if self._last_fallback is None:
+                return CheckResult("pass", f"served by {self.expected_kind}")
+            at, detail = self._last_fallback
+            age = time.monotonic() - at
+            if age > FALLBACK_WINDOW_S:
+                return CheckResult("pass", f"served by {self.expected_kind}")
+            return CheckResult("warn", f"a turn {age:.0f}s ago was served by fallback {detail}")
+
+        return Check(f"serving:{self.stage}", "component", probe, timeout_s=0.5, cache_s=0.0)

@@ -6,7 +6,7 @@ the declarations together means one page lists what an admin can graph.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -56,6 +56,31 @@ DEAD_LETTERS = Counter(
     "vagent_dead_letters_total",
     "Entries sent to the dead-letter stream, by source stream.",
     ["stream"],
+    registry=REGISTRY,
+)
+FALLBACKS = Counter(
+    "vagent_fallbacks_total",
+    "Providers that failed in a fallback chain, by stage, provider and reason.",
+    ["stage", "provider", "reason"],
+    registry=REGISTRY,
+)
+SERVED = Counter(
+    "vagent_stage_served_total",
+    "Turn stages served, by stage and the kind of provider that served them.",
+    ["stage", "kind"],
+    registry=REGISTRY,
+)
+STAGE_SECONDS = Histogram(
+    "vagent_stage_seconds",
+    "Time a stage took in a turn (llm: to the first sentence), by stage.",
+    ["stage"],
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0),
+    registry=REGISTRY,
+)
+SILENT_TURNS = Counter(
+    "vagent_silent_turns_total",
+    "Turns that ended with no audio and no spoken fallback, by stage.",
+    ["stage"],
     registry=REGISTRY,
 )
 

@@ -13,12 +13,28 @@ import openai
 
 from vagent.services.config import Settings
 from vagent.services.health import Check, CheckResult
+from vagent.services.resilience import Dependency, Policy
 
 
 def make_client(settings: Settings, timeout_s: float = 10.0) -> openai.AsyncOpenAI:
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
     return openai.AsyncOpenAI(
         api_key=key, base_url=settings.openai_base_url, max_retries=0, timeout=timeout_s
+    )
+
+
+def openai_dependency(settings: Settings, name: str, timeout_s: float) -> Dependency:
+    """One breaker per OpenAI endpoint and model: a failing gpt-4o must not stop gpt-4o-mini."""
+    return Dependency(
+        Policy(
+            name=name,
+            timeout_s=timeout_s,
+            attempts=2,
+            backoff_initial_s=0.05,
+            backoff_max_s=0.2,
+            fail_max=settings.breaker_fail_max,
+            reset_timeout_s=settings.breaker_reset_s,
+        )
     )
 
 

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 import openai
@@ -286,3 +286,53 @@ class _stop_at_deadline(stop_base):
         if self.deadline is None:
             return False
         return time.time() + (state.upcoming_sleep or 0.0) >= self.deadline
+
+
+@dataclass(frozen=True)
+class Link(Generic[T]):
+    """One provider in a fallback chain. `run` gets the deadline it must meet;
+    `floor_s` is the time this link needs, which earlier links leave to it."""
+
+    name: str
+    kind: str  # primary | fallback | scripted | local | characters
+    run: Callable[[float], Awaitable[T]]
+    floor_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Served(Generic[T]):
+    value: T
+    link: Link[T]
+    failures: tuple[tuple[str, str], ...] = ()
+
+
+class ChainExhausted(Exception):
+    def __init__(self, stage: str, failures: list[tuple[str, str]]) -> None:
+        detail = "; ".join(f"{name}: {reason}" for name, reason in failures)
+        super().__init__(f"{stage}: every provider failed ({detail})")
+        self.failures = failures
+
+
+async def walk(stage: str, links: list[Link[T]], deadline: float) -> Served[T]:
+    """Try each link in order within the turn's deadline; a chain is itself a provider.
+
+    Each link must finish before the deadline minus what the links after it
+    need, so a hanging primary can never eat the time of the local fallback.
+    A link behind an open breaker fails at once: the next one starts with no
+    added wait.
+    """
+    failures: list[tuple[str, str]] = []
+    for index, link in enumerate(links):
+        link_deadline = deadline - sum(later.floor_s for later in links[index + 1 :])
+        try:
+            value = await link.run(link_deadline)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reason = classify(exc).value
+            failures.append((link.name, reason))
+            metrics.FALLBACKS.labels(stage, link.name, reason).inc()
+            log.warning("%s: %s failed (%s: %s)", stage, link.name, reason, exc)
+            continue
+        return Served(value, link, tuple(failures))
+    raise ChainExhausted(stage, failures)

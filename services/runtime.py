@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 
 from vagent import __version__
 from vagent.services import metrics
+from vagent.services.bus import Bus, Consumer, ConsumerConfig, Handler
 from vagent.services.config import ConfigError, Settings, load_settings
 from vagent.services.health import Check, CheckResult, CheckStatus, HealthMonitor, http_status
 from vagent.services.logs import configure_logging
@@ -88,6 +89,12 @@ def heartbeat_worker(service: str, store: RedisStore) -> Job:
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     return run
+
+
+def consumer_worker(service: str, store: RedisStore, stream: str, handler: Handler) -> Job:
+    """A bus consumer in the service's group: replicas of a service share the work."""
+    config = ConsumerConfig(stream=stream, group=service, consumer=instance_id(service))
+    return Consumer(Bus(store), config, handler).run
 
 
 def create_app(service: str, monitor: HealthMonitor) -> FastAPI:

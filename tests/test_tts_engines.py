@@ -22,7 +22,6 @@ from openai import AsyncOpenAI
 from support.openai_double import PCM_SAMPLE_RATE, OpenAIDouble, synthesize_pcm
 from vagent.services.audio import TELEPHONY_RATE, ulaw_decode
 from vagent.services.config import Settings
-from vagent.services.llm_service.fallback import FallbackResponseManager
 from vagent.services.openai_client import make_client
 from vagent.services.resilience import (
     BreakerOpenError,
@@ -33,6 +32,7 @@ from vagent.services.resilience import (
     Policy,
     classify,
 )
+from vagent.services.responses import FallbackResponseManager
 from vagent.services.tts_service.engines import (
     ESPEAK_NOT_FOUND,
     EspeakTts,

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vagent.services.audio import TELEPHONY_RATE, Audio
-from vagent.services.llm_service.fallback import REQUIRED_TEMPLATES, FallbackResponseManager
 from vagent.services.resilience import DependencyError
+from vagent.services.responses import REQUIRED_TEMPLATES, FallbackResponseManager
 from vagent.services.tts_service.engines import TtsEngine, engine_identity, telephony
 
 log = logging.getLogger("vagent.tts.prompts")

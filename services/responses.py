@@ -1,4 +1,7 @@
-"""FallbackResponseManager: the scripted replies spoken when no model can answer.
+"""FallbackResponseManager: the scripted replies and fixed prompts of the agent.
+
+The llm_service answers from them when no model can; the tts_service renders
+the fixed prompts (greeting, filler, error prompts) from them.
 
 The replies live in a TOML file an admin can edit. A broken file must not
 silence the service, so it is checked at start and /health says what is wrong.
@@ -6,10 +9,17 @@ silence the service, so it is checked at start and /health says what is wrong.
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly voice assistant answering a phone call. Reply in one to three short "
+    "spoken sentences, with no lists, markup or emoji."
+)
+log = logging.getLogger("vagent.responses")
 
 REQUIRED_TEMPLATES = ("GREETING", "FILLER", "ERROR_GENERIC", "ERROR_STT", "FALLBACK", "GOODBYE")
 
@@ -25,7 +35,7 @@ class FaqEntry:
 
 
 def default_path() -> Path:
-    return Path(str(resources.files("vagent.services.llm_service") / "fallback_responses.toml"))
+    return Path(str(resources.files("vagent.services") / "fallback_responses.toml"))
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,7 @@ class FallbackResponseManager:
     templates: dict[str, str]
     faq: tuple[FaqEntry, ...]
     source: Path
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
 
     @classmethod
     def load(cls, path: Path | None = None) -> FallbackResponseManager:
@@ -43,7 +54,7 @@ class FallbackResponseManager:
             raise FallbackResponsesError(f"{source}: cannot read ({exc.strerror})") from None
         except tomllib.TOMLDecodeError as exc:
             raise FallbackResponsesError(f"{source}: not valid TOML ({exc})") from None
-        return cls(_templates(data, source), _faq(data, source), source)
+        return cls(_templates(data, source), _faq(data, source), source, _system_prompt(data))
 
     def template(self, name: str) -> str:
         return self.templates[name]
@@ -81,3 +92,18 @@ def _faq(data: dict[str, object], source: Path) -> tuple[FaqEntry, ...]:
             )
         parsed.append(FaqEntry(tuple(str(k).lower() for k in keywords), reply))
     return tuple(parsed)
+
+
+def _system_prompt(data: dict[str, object]) -> str:
+    agent = data.get("agent")
+    prompt = agent.get("system_prompt") if isinstance(agent, dict) else None
+    return prompt.strip() if isinstance(prompt, str) and prompt.strip() else DEFAULT_SYSTEM_PROMPT
+
+
+def load_responses(path: Path | None) -> FallbackResponseManager:
+    """The admin's file, or the shipped one when theirs is broken (health says so)."""
+    try:
+        return FallbackResponseManager.load(path)
+    except FallbackResponsesError as exc:
+        log.error("%s; using the shipped responses until it is fixed", exc)
+        return FallbackResponseManager.load()

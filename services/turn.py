@@ -1,0 +1,56 @@
+"""A caller's turn as it crosses the bus: streams, message bodies and time budget.
+
+    stt  {"format": "wav", "trace"} + audio          -> stt_service
+    llm  {"text", "trace"}                           -> llm_service
+    tts  {"type": "sentence", "seq", "text", "trace"}
+         {"type": "prompt", "seq", "name", "trace"}
+         {"type": "end", "count", "trace"}           -> tts_service
+    results:<call_id>
+         {"type": "audio", "seq", "text", "format": "ulaw8k", "trace"} + audio
+         {"type": "say", "seq", "text", "trace"}     (play with ARI characters:)
+         {"type": "end", "count", "trace"}           -> the controller (or `vagent probe`)
+
+`trace` gathers, stage by stage, which provider served and how long it took.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vagent.services.resilience import Served
+
+STT, LLM, TTS = "stt", "llm", "tts"
+
+# What the later stages need at the least, left free by the earlier ones:
+# espeak-ng renders a sentence in tens of ms; the scripted responder at once.
+RESERVE_TTS_S = 0.35
+RESERVE_LLM_S = 0.05
+
+
+def stage_deadline(turn_deadline: float, stage: str) -> float:
+    if stage == STT:
+        return turn_deadline - RESERVE_LLM_S - RESERVE_TTS_S
+    if stage == LLM:
+        return turn_deadline - RESERVE_TTS_S
+    return turn_deadline
+
+
+def follow_up_deadline(turn_deadline: float, budget_s: float) -> float:
+    """Later sentences of a reply are due while the first one plays, not by the turn's deadline."""
+    return max(turn_deadline, time.time() + budget_s)
+
+
+def stage_record(served: Served[Any] | None, started: float, **extra: Any) -> dict[str, Any]:
+    """One stage's entry of the trace: which provider, which model, how long."""
+    record: dict[str, Any] = {"ms": round((time.perf_counter() - started) * 1000, 1)}
+    if served is not None:
+        record.update(provider=served.link.kind, model=served.link.name)
+        if served.failures:
+            record["failed"] = [f"{name}: {reason}" for name, reason in served.failures]
+    record.update(extra)
+    return record
+
+
+def with_stage(trace: dict[str, Any], stage: str, record: dict[str, Any]) -> dict[str, Any]:
+    return {**trace, stage: record}
