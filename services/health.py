@@ -128,8 +128,8 @@ def breaker_check(breaker: AsyncBreaker) -> Check:
     async def probe() -> CheckResult:
         if breaker.state == "closed":
             return CheckResult("pass", "closed", breaker.fail_count, "failures")
-        if breaker.state == "half-open":
-            return CheckResult("warn", "half-open: trial call allowed")
+        if breaker.state == "half-open" or breaker.retry_in() == 0:
+            return CheckResult("warn", "half-open: the next call is a trial")
         return CheckResult("warn", f"open: failing fast, next trial in {breaker.retry_in():.0f}s")
 
     return Check(f"breaker:{breaker.name}", "component", probe, timeout_s=0.5, cache_s=0.0)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -122,6 +124,25 @@ class Stack:
 
     def url(self, offset: int) -> str:
         return f"http://127.0.0.1:{int(self.env['VAGENT_PORT_BASE']) + offset}"
+
+
+def status(stack: Stack) -> tuple[int, dict[str, Any]]:
+    result = stack.vagent("status", "--json")
+    return result.returncode, json.loads(result.stdout)
+
+
+def services_by_name(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in body["services"]}
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll until `condition` holds; return how long it took."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if condition():
+            return time.monotonic() - start
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def make_stack(tmp_path: Path, **extra: str) -> Stack:

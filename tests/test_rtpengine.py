@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from typing import cast
 
 import pytest
-from support.rtpengine_proc import RtpEngineProcess, free_udp_port
 
+from support.rtpengine_proc import RtpEngineProcess, free_udp_port
 from vagent.services.bencode import decode, encode
 from vagent.services.rtpengine import (
     RtpEngineClient,

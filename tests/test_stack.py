@@ -6,18 +6,15 @@ lose Redis, get it back, restart, down.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from conftest import Stack, make_stack
+from conftest import Stack, make_stack, services_by_name, status, wait_for
 from vagent.cli.supervisor import Supervisor
 from vagent.services.config import SERVICES, Settings
 
@@ -30,25 +27,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s.up = s.vagent("up", "--timeout", "60")  # type: ignore[attr-defined]
     yield s
     s.vagent("down")
-
-
-def status(stack: Stack) -> tuple[int, dict[str, Any]]:
-    result = stack.vagent("status", "--json")
-    return result.returncode, json.loads(result.stdout)
-
-
-def services_by_name(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {s["name"]: s for s in body["services"]}
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll until `condition` holds; return how long it took."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if condition():
-            return time.monotonic() - start
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def supervisor(stack: Stack) -> Supervisor:

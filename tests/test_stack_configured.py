@@ -10,9 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from test_stack import services_by_name, status, wait_for
 
-from conftest import RedisServer, Stack, make_stack
+from conftest import RedisServer, Stack, make_stack, services_by_name, status, wait_for
 from support.ari_double import AriDouble
 from support.openai_double import OpenAIDouble
 from support.rtpengine_proc import RtpEngineProcess
