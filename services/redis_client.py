@@ -21,6 +21,9 @@ from vagent.services.resilience import Dependency, Policy
 
 T = TypeVar("T")
 
+# Redis carries every turn: while it is down nothing works anyway, so the breaker
+# only stops the hammering, and it must let traffic back within seconds of a
+# restart, not the 30 s that suits a paid API.
 REDIS_POLICY = Policy(
     name="redis",
     timeout_s=1.0,
@@ -28,7 +31,7 @@ REDIS_POLICY = Policy(
     backoff_initial_s=0.1,
     backoff_max_s=1.0,
     fail_max=5,
-    reset_timeout_s=30.0,
+    reset_timeout_s=5.0,
 )
 
 
