@@ -8,9 +8,10 @@ would see.
 
 What pocketsphinx makes of espeak-ng on a phone line (en-us+m3, 150 wpm):
 "hello world" -> "hello world"; "what are your opening hours" -> "what are
-your opening know him"; "I would like to check the status of my order" ->
-"i would like that up and order". The assertions ask for that much: most key
-words of each phrase, and none of the other phrases' key words.
+your opening our in"; "I would like to check the status of my order" -> "i
+would like that you know and but my order". The assertions ask for about
+that much (most words of each phrase, none of the words only another phrase
+has), so a recogniser that hears nothing, or always the same, fails.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from support.openai_double import OpenAIDouble, wav_duration
+from support.openai_double import OpenAIDouble
 from vagent.services.audio import (
     TELEPHONY_RATE,
     Audio,
@@ -59,13 +60,18 @@ API_KEY = "sk-test-stt-0123456789abcdef"
 MODEL = "gpt-4o-mini-transcribe"
 WAV_HEADER = 44
 
-# phrase -> (its key words, how many of them pocketsphinx must get)
-PHRASES: dict[str, tuple[frozenset[str], int]] = {
-    "hello world": (frozenset({"hello", "world"}), 2),
-    "what are your opening hours": (frozenset({"what", "your", "opening", "hours"}), 3),
-    "I would like to check the status of my order": (
-        frozenset({"would", "like", "check", "status", "order"}),
+# phrase -> (its words, how many of them pocketsphinx must get, words no other phrase has)
+PHRASES: dict[str, tuple[frozenset[str], int, frozenset[str]]] = {
+    "hello world": (frozenset({"hello", "world"}), 2, frozenset({"hello", "world"})),
+    "what are your opening hours": (
+        frozenset({"what", "are", "your", "opening", "hours"}),
         3,
+        frozenset({"opening", "hours"}),
+    ),
+    "I would like to check the status of my order": (
+        frozenset({"i", "would", "like", "check", "status", "my", "order"}),
+        4,
+        frozenset({"like", "check", "status", "order"}),
     ),
 }
 
@@ -126,17 +132,28 @@ async def test_pocketsphinx_recognises_phone_line_speech(
     assert audio.rate == TELEPHONY_RATE
     transcript = await sphinx.transcribe(audio, soon())
 
-    keys, needed = PHRASES[text]
+    own, needed, _ = PHRASES[text]
     heard = words(transcript)
-    assert len(heard & keys) >= needed, f"{text!r} was heard as {transcript!r}"
-    others = set().union(*(k for t, (k, _) in PHRASES.items() if t != text)) - keys
+    assert len(heard & own) >= needed, f"{text!r} was heard as {transcript!r}"
+    others = frozenset().union(*(d for t, (_, _, d) in PHRASES.items() if t != text))
     assert not heard & others, f"{text!r} was heard as {transcript!r}"
+
+
+@pytest.mark.parametrize("gain", [0.1, 2.0], ids=["quiet-caller-20dB", "hot-line-clipping"])
+async def test_pocketsphinx_does_not_care_about_the_callers_volume(
+    sphinx: PocketsphinxStt, gain: float
+) -> None:
+    """The noise floor and the per-utterance mean both follow the speech level."""
+    spoken = espeak("hello world").resample(TELEPHONY_RATE)
+    audio = phone_line(Audio.from_array(spoken.array() * gain, TELEPHONY_RATE))
+    assert words(await sphinx.transcribe(audio, soon())) >= {"hello", "world"}
 
 
 async def test_pocketsphinx_transcript_depends_on_the_audio_alone(
     sphinx: PocketsphinxStt, speech: dict[str, Audio]
 ) -> None:
-    """The dither is seeded per call: no decode history changes what the next one hears."""
+    """Decoder state is reset and the noise floor seeded per call: no decode history
+    (the last caller's mean, noise estimate or dither) changes what the next one hears."""
     hours = speech["what are your opening hours"]
     first = await sphinx.transcribe(hours, soon())
     await sphinx.transcribe(speech["hello world"], soon())
@@ -148,7 +165,9 @@ async def test_pocketsphinx_transcript_depends_on_the_audio_alone(
     "audio",
     [
         phone_line(silence(2.0)),
-        phone_line(Audio.from_array(np.random.default_rng(1).normal(0, 30, 16_000), 8000)),
+        phone_line(
+            Audio.from_array(np.random.default_rng(1).normal(0, 30, 16_000), TELEPHONY_RATE)
+        ),
     ],
     ids=["digital-silence", "line-hiss"],
 )
@@ -210,10 +229,11 @@ async def test_pocketsphinx_is_bounded_by_the_deadline_and_frees_the_decoder(
         await sphinx.transcribe(long, time.time() + 0.15)
     assert time.perf_counter() - start < 0.3
     assert classify(caught.value) is ErrorKind.DEADLINE
-    # The abandoned job stops at its next chunk: the next turn is not stuck behind it.
+    # The abandoned job stops at its next chunk: the next turn is not stuck behind
+    # the ~4 s the whole decode would take.
     start = time.perf_counter()
-    assert "hello" in await sphinx.transcribe(speech["hello world"], soon(2.0))
-    assert time.perf_counter() - start < 1.0
+    assert "hello" in await sphinx.transcribe(speech["hello world"], soon(3.0))
+    assert time.perf_counter() - start < 2.0
 
 
 async def test_pocketsphinx_refuses_a_turn_already_over(
@@ -224,7 +244,9 @@ async def test_pocketsphinx_refuses_a_turn_already_over(
 
 
 @pytest.mark.parametrize("seconds", [0.0, 0.05, MIN_UTTERANCE_S - 0.001])
-async def test_pocketsphinx_rejects_too_short_audio(sphinx: PocketsphinxStt, seconds: float) -> None:
+async def test_pocketsphinx_rejects_too_short_audio(
+    sphinx: PocketsphinxStt, seconds: float
+) -> None:
     with pytest.raises(DependencyError) as caught:
         await sphinx.transcribe(silence(seconds), soon())
     assert caught.value.kind is ErrorKind.REJECTED
@@ -265,7 +287,9 @@ def fast_policy(attempts: int = 3, fail_max: int = 5, timeout_s: float = 5.0) ->
     )
 
 
-def openai_stt(client: AsyncOpenAI, policy: Policy | None = None, **kwargs: str | None) -> OpenAIStt:
+def openai_stt(
+    client: AsyncOpenAI, policy: Policy | None = None, **kwargs: str | None
+) -> OpenAIStt:
     return OpenAIStt(client, MODEL, Dependency(policy or fast_policy()), **kwargs)
 
 
@@ -310,13 +334,6 @@ async def test_openai_wideband_audio_goes_up_at_16k(
     size = request.body["file"]["size"]
     assert (size - WAV_HEADER) / (2 * 16_000) == pytest.approx(audio.duration_s, abs=0.001)
     assert "language" not in request.body  # None: let the model detect it
-
-
-def test_wav_duration_helper_agrees_with_the_upload() -> None:
-    """The double's own WAV reader sees the duration we think we send."""
-    from vagent.services.audio import write_wav
-
-    assert wav_duration(write_wav(silence(1.25))) == pytest.approx(1.25)
 
 
 async def test_openai_401_is_permanent_and_opens_the_breaker_at_once(
@@ -374,7 +391,7 @@ async def test_openai_cut_body_is_a_transient_failure(
 ) -> None:
     double.stream_cut("transcriptions")
     engine = openai_stt(client, fast_policy(attempts=1))
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(openai.APIConnectionError) as caught:
         await engine.transcribe(speech["hello world"], soon())
     assert classify(caught.value) is ErrorKind.TRANSIENT
     assert engine.dependency.breaker.fail_count == 1
@@ -416,9 +433,7 @@ async def test_openai_too_short_audio_is_rejected_without_a_request(
     assert engine.dependency.breaker.fail_count == 0
 
 
-async def test_openai_minimum_length_passes(
-    double: OpenAIDouble, client: AsyncOpenAI
-) -> None:
+async def test_openai_minimum_length_passes(double: OpenAIDouble, client: AsyncOpenAI) -> None:
     """Exactly 0.1 s is accepted here and by the (double of the) API: the limits agree."""
     assert await openai_stt(client).transcribe(silence(MIN_UTTERANCE_S), soon()) != ""
     assert len(double.requests(route="transcriptions")) == 1
