@@ -20,7 +20,7 @@ from rich.table import Table
 from vagent.services.bus import Bus, Envelope, decode, result_key
 from vagent.services.config import Settings
 from vagent.services.redis_client import RedisStore
-from vagent.services.turn import LLM, STT, TTS
+from vagent.services.turn import LLM, STT, TTS, turn_times
 
 DEFAULT_UTTERANCE = "What are your opening hours?"
 
@@ -82,13 +82,15 @@ async def _probe(
 ) -> ProbeResult:
     call_id = f"probe-{uuid.uuid4().hex[:12]}"
     turn_id = uuid.uuid4().hex
-    deadline = time.time() + settings.turn_budget_ms / 1000
+    budget_at, deadline = turn_times(settings.turn_budget_ms)
     if text is not None:
         stt = {"provider": "none", "model": "text input", "ms": 0, "text": text}
         stream, body, audio = LLM, {"text": text, "trace": {STT: stt}}, b""
     else:
         stream, body, audio = STT, {"format": "wav", "trace": {}}, utterance
-    envelope = Envelope(call_id, turn_id, deadline, f"{turn_id}:{stream}", body, audio)
+    envelope = Envelope(
+        call_id, turn_id, deadline, f"{turn_id}:{stream}", body, audio, budget_at=budget_at
+    )
     started = time.perf_counter()
     try:
         await Bus(store).publish(stream, envelope)

@@ -5,7 +5,9 @@ pub/sub: an entry stays pending until a consumer acknowledges it, and the
 entries of a consumer that died are claimed by another (XAUTOCLAIM).
 
 Every message is an `Envelope`: schema version, call_id, turn_id, a
-deadline, and a msg_id that makes handling idempotent. A consumer
+deadline, and a msg_id that makes handling idempotent. The deadline is when
+the work becomes useless; `budget_at` is when the caller should already hear
+the answer, which the stages aim for (see turn.py). A consumer
 
 * skips work whose deadline has passed (a late answer on a phone call is useless),
 * skips a msg_id it has already handled (a claimed entry may have been half done),
@@ -61,6 +63,11 @@ class Envelope:
     body: dict[str, Any] = field(default_factory=dict)
     audio: bytes = b""
     version: int = SCHEMA_VERSION
+    budget_at: float = 0.0  # 0: the deadline itself
+
+    @property
+    def budget(self) -> float:
+        return self.budget_at or self.deadline
 
     @property
     def expired(self) -> bool:
@@ -75,6 +82,7 @@ class Envelope:
             "call_id": self.call_id,
             "turn_id": self.turn_id,
             "deadline": repr(self.deadline),
+            "budget_at": repr(self.budget),
             "msg_id": self.msg_id,
             "body": json.dumps(self.body, separators=(",", ":")),
             "audio": self.audio,
@@ -84,7 +92,15 @@ class Envelope:
         self, msg_id: str, body: dict[str, Any], audio: bytes = b"", deadline: float | None = None
     ) -> Envelope:
         """The next message of the same turn, by default with the same deadline."""
-        return Envelope(self.call_id, self.turn_id, deadline or self.deadline, msg_id, body, audio)
+        return Envelope(
+            self.call_id,
+            self.turn_id,
+            deadline or self.deadline,
+            msg_id,
+            body,
+            audio,
+            budget_at=self.budget,
+        )
 
 
 def decode(fields: dict[bytes, bytes]) -> Envelope:
@@ -96,6 +112,7 @@ def decode(fields: dict[bytes, bytes]) -> Envelope:
     try:
         version = int(text["v"])
         deadline = float(text["deadline"])
+        budget_at = float(text.get("budget_at", text["deadline"]))
         body = json.loads(text.get("body", b"{}") or b"{}")
     except (ValueError, UnicodeDecodeError) as exc:
         raise PoisonMessage(f"undecodable field: {exc}") from None
@@ -107,7 +124,8 @@ def decode(fields: dict[bytes, bytes]) -> Envelope:
         ids = [text[k].decode() for k in ("call_id", "turn_id", "msg_id")]
     except UnicodeDecodeError:
         raise PoisonMessage("ids are not UTF-8") from None
-    return Envelope(ids[0], ids[1], deadline, ids[2], body, text.get("audio", b""), version)
+    audio = text.get("audio", b"")
+    return Envelope(ids[0], ids[1], deadline, ids[2], body, audio, version, budget_at)
 
 
 class Bus:

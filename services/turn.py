@@ -18,22 +18,32 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from vagent.services.bus import Envelope
 from vagent.services.resilience import Served
 
 STT, LLM, TTS = "stt", "llm", "tts"
 
 # What the later stages need at the least, left free by the earlier ones:
 # espeak-ng renders a sentence in tens of ms; the scripted responder at once.
-RESERVE_TTS_S = 0.35
-RESERVE_LLM_S = 0.05
+RESERVE_S = {STT: 0.40, LLM: 0.35, TTS: 0.0}
+# A turn already late (an overloaded host, a slow earlier stage) still gets an
+# answer: each stage then has this long, on its fastest providers.
+LATE_STAGE_S = {STT: 0.6, LLM: 0.3, TTS: 0.3}
+# After the budget the controller plays a filler; the answer is wanted this much longer.
+GRACE_S = 4.0
 
 
-def stage_deadline(turn_deadline: float, stage: str) -> float:
-    if stage == STT:
-        return turn_deadline - RESERVE_LLM_S - RESERVE_TTS_S
-    if stage == LLM:
-        return turn_deadline - RESERVE_TTS_S
-    return turn_deadline
+def turn_times(budget_ms: int) -> tuple[float, float]:
+    """(budget_at, deadline) of a turn that starts now."""
+    budget_at = time.time() + budget_ms / 1000
+    return budget_at, budget_at + GRACE_S
+
+
+def stage_deadline(envelope: Envelope, stage: str) -> float:
+    """Aim for the turn's budget; when that is out of reach, for a quick answer all the same."""
+    planned = envelope.budget - RESERVE_S[stage]
+    late = time.time() + LATE_STAGE_S[stage]
+    return min(envelope.deadline, max(planned, late))
 
 
 def follow_up_deadline(turn_deadline: float, budget_s: float) -> float:

@@ -32,8 +32,9 @@ from vagent.services.resilience import DeadlineExceeded
 
 
 def envelope(deadline_in: float = 5.0, msg_id: str | None = None, **body: Any) -> Envelope:
+    deadline = time.time() + deadline_in
     return Envelope(
-        "call-1", "turn-1", time.time() + deadline_in, msg_id or uuid.uuid4().hex, dict(body)
+        "call-1", "turn-1", deadline, msg_id or uuid.uuid4().hex, dict(body), budget_at=deadline
     )
 
 

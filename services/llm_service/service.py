@@ -84,7 +84,7 @@ class LlmWorker:
     async def handle(self, envelope: Envelope) -> None:
         started = time.perf_counter()
         said = str(envelope.body.get("text", ""))
-        deadline = stage_deadline(envelope.deadline, LLM)
+        deadline = stage_deadline(envelope, LLM)
         messages = await self._messages(envelope.call_id, said, deadline)
         links = [_link(engine, messages) for engine in self.engines]
         served = await walk(LLM, links, deadline)

@@ -81,7 +81,7 @@ class SttWorker:
             return
         links = [_link(engine, audio) for engine in self.engines]
         try:
-            served = await walk(STT, links, stage_deadline(envelope.deadline, STT))
+            served = await walk(STT, links, stage_deadline(envelope, STT))
         except ChainExhausted as exc:
             trace[STT] = stage_record(None, started, provider="none", error=str(exc))
             await self._not_understood(envelope, trace)

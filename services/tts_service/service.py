@@ -32,7 +32,7 @@ from vagent.services.runtime import (
 )
 from vagent.services.tts_service.engines import EspeakTts, OpenAITts, TtsEngine, telephony
 from vagent.services.tts_service.prompts import PromptCache, prompts_directory
-from vagent.services.turn import TTS, stage_record
+from vagent.services.turn import TTS, stage_deadline, stage_record
 
 NAME = "tts_service"
 log = logging.getLogger("vagent.tts")
@@ -96,7 +96,7 @@ class TtsWorker:
         started = time.perf_counter()
         links = [_link(engine, text) for engine in self.engines]
         try:
-            served = await walk(TTS, links, envelope.deadline)
+            served = await walk(TTS, links, stage_deadline(envelope, TTS))
         except ChainExhausted as exc:
             self.tracker.record("characters", "ari:characters", tuple(exc.failures))
             record = stage_record(None, started, provider="characters", model="ari:characters")
