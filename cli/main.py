@@ -17,7 +17,7 @@ from rich.spinner import Spinner
 from vagent import __version__
 from vagent.cli.probe import ProbeError, probe_table, run_probe
 from vagent.cli.status import ServiceStatus, as_json, collect, exit_code, problems, table
-from vagent.cli.supervisor import DRAIN_BOUND_S, Supervisor, SupervisorError
+from vagent.cli.supervisor import STOP_MARGIN_S, Supervisor, SupervisorError
 from vagent.services.config import SERVICES, ConfigError, Settings, env_file, load_settings
 
 app = typer.Typer(
@@ -113,12 +113,17 @@ def up(
 
 @app.command()
 def down(
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean stop.")] = float(
-        DRAIN_BOUND_S + 20
-    ),
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds to wait for a clean stop (default: the drain bound + 20)."),
+    ] = None,
 ) -> None:
-    """Stop the services, the embedded Redis and supervisord. Safe to run twice."""
+    """Stop the services, the embedded Redis and supervisord. Safe to run twice.
+
+    Live calls get VAGENT_DRAIN_S to end before the controller hangs them up.
+    """
     sup = _supervisor()
+    timeout = timeout if timeout is not None else sup.settings.drain_s + 2 * STOP_MARGIN_S
     if not sup.is_running():
         console.print("vagent is not running.")
         raise typer.Exit(EXIT_OK)
@@ -247,7 +252,7 @@ def systemd_unit() -> None:
     lines += [
         f"ExecStart={vagent} up --foreground",
         f"ExecStop={vagent} down",
-        f"TimeoutStopSec={DRAIN_BOUND_S + 30}",
+        f"TimeoutStopSec={int(settings.drain_s) + 3 * STOP_MARGIN_S}",
         "Restart=on-failure",
         "",
         "[Install]",

@@ -25,7 +25,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from vagent.services.config import ENV_FILE_VARIABLE, SERVICES, Settings, env_file
 
-DRAIN_BOUND_S = 30  # the controller's drain bound; stopwaitsecs must exceed it
+STOP_MARGIN_S = 10  # supervisord waits the drain bound plus this before it kills
 
 _SPAWNED = re.compile(r"spawned: '([^']+)' with pid")
 _STARTED = "supervisord started with pid"
@@ -70,7 +70,7 @@ def render_config(settings: Settings, nodaemon: bool) -> str:
         nodaemon="true" if nodaemon else "false",
         python=sys.executable,
         redis_server=redis_server,
-        stop_wait_s=DRAIN_BOUND_S + 10,
+        stop_wait_s=int(settings.drain_s) + STOP_MARGIN_S,
     )
     return text if settings.embedded_redis else _drop_section(text, "program:redis")
 

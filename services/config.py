@@ -69,6 +69,20 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_.-]+$",
         description="the Stasis application name used in the dialplan (letters, digits, _ . -)",
     )
+    media_host: str = Field(
+        default="127.0.0.1",
+        description="the address Asterisk sends call audio to (this host, as Asterisk sees it)",
+    )
+    media_format: Literal["ulaw", "slin16"] = Field(
+        default="ulaw", description="ulaw (8 kHz) or slin16 (16 kHz) for ExternalMedia"
+    )
+    on_failure: Literal["continue", "hangup"] = Field(
+        default="continue",
+        description="continue (back to the dialplan) or hangup, after the error prompt",
+    )
+    drain_s: float = Field(
+        default=30.0, ge=0, le=600, description="seconds (0-600) live calls get to end on shutdown"
+    )
     rtpengine_ng: str | None = Field(
         default=None,
         description="the rtpengine ng control address as host:port, e.g. 127.0.0.1:2223",

@@ -83,6 +83,34 @@ SILENT_TURNS = Counter(
     ["stage"],
     registry=REGISTRY,
 )
+ARI_CONNECTED = Gauge(
+    "vagent_ari_connected",
+    "1 while the ARI events websocket is connected.",
+    registry=REGISTRY,
+)
+ARI_BAD_EVENTS = Counter(
+    "vagent_ari_bad_events_total",
+    "ARI frames that were not events, or whose handling failed.",
+    registry=REGISTRY,
+)
+ACTIVE_CALLS = Gauge(
+    "vagent_active_calls",
+    "Calls the controller is handling now.",
+    registry=REGISTRY,
+)
+CALL_EVENTS = Counter(
+    "vagent_call_events_total",
+    "Call flow events: started, refused (draining), ended, barge_in, filler, error_prompt, "
+    "characters.",
+    ["event"],
+    registry=REGISTRY,
+)
+FIRST_AUDIO_SECONDS = Histogram(
+    "vagent_first_audio_seconds",
+    "From the end of the caller's utterance to the first agent audio.",
+    buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0),
+    registry=REGISTRY,
+)
 
 
 def render() -> bytes:

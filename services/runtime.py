@@ -46,6 +46,7 @@ class ServiceSpec:
     checks: list[Check]
     workers: list[Job] = field(default_factory=list)
     cleanup: list[Job] = field(default_factory=list)
+    drain: Job | None = None  # on shutdown, while the workers still run
 
 
 Builder = Callable[[Settings, RedisStore], ServiceSpec]
@@ -144,6 +145,8 @@ async def _serve(service: str, settings: Settings, build: Builder) -> None:
         try:
             yield
         finally:
+            if spec.drain is not None:
+                await spec.drain()
             supervisor.cancel()
             for cleanup in spec.cleanup:
                 await cleanup()

@@ -11,7 +11,17 @@ from typing import Any
 
 import httpx
 
-from vagent.services.resilience import DependencyError, ErrorKind
+from vagent.services.resilience import Dependency, DependencyError, ErrorKind, Policy
+
+ARI_POLICY = Policy(
+    name="ari",
+    timeout_s=2.0,
+    attempts=2,
+    backoff_initial_s=0.05,
+    backoff_max_s=0.3,
+    fail_max=5,
+    reset_timeout_s=30.0,
+)
 
 
 class AriError(DependencyError):
@@ -27,11 +37,64 @@ def ari_root(url: str) -> str:
 
 
 class AriClient:
-    def __init__(self, url: str, user: str, password: str, timeout_s: float = 2.0) -> None:
+    """ARI's REST side. `request` is one raw attempt (health probes use it);
+    the call-flow methods go through the policy layer, with ids chosen here so
+    that a retried create cannot make a second bridge or channel."""
+
+    def __init__(
+        self,
+        url: str,
+        user: str,
+        password: str,
+        timeout_s: float = 2.0,
+        dependency: Dependency | None = None,
+    ) -> None:
         self.root = ari_root(url)
+        self.dependency = dependency or Dependency(ARI_POLICY)
         self._http = httpx.AsyncClient(
             base_url=self.root, auth=httpx.BasicAuth(user, password), timeout=timeout_s
         )
+
+    async def call(self, method: str, path: str, **params: Any) -> Any:
+        return await self.dependency.call(lambda: self.request(method, path, **params))
+
+    async def answer(self, channel_id: str) -> None:
+        await self.call("POST", f"/channels/{channel_id}/answer")
+
+    async def create_bridge(self, bridge_id: str) -> dict[str, Any]:
+        return dict(await self.call("POST", "/bridges", type="mixing", bridgeId=bridge_id))
+
+    async def add_channels(self, bridge_id: str, *channel_ids: str) -> None:
+        await self.call("POST", f"/bridges/{bridge_id}/addChannel", channel=",".join(channel_ids))
+
+    async def external_media(
+        self, app: str, channel_id: str, external_host: str, fmt: str
+    ) -> dict[str, Any]:
+        return dict(
+            await self.call(
+                "POST",
+                "/channels/externalMedia",
+                app=app,
+                channelId=channel_id,
+                external_host=external_host,
+                format=fmt,
+            )
+        )
+
+    async def play(self, channel_id: str, media: str, playback_id: str) -> None:
+        await self.call("POST", f"/channels/{channel_id}/play", media=media, playbackId=playback_id)
+
+    async def stop_playback(self, playback_id: str) -> None:
+        await self.call("DELETE", f"/playbacks/{playback_id}")
+
+    async def hangup(self, channel_id: str) -> None:
+        await self.call("DELETE", f"/channels/{channel_id}")
+
+    async def destroy_bridge(self, bridge_id: str) -> None:
+        await self.call("DELETE", f"/bridges/{bridge_id}")
+
+    async def continue_in_dialplan(self, channel_id: str) -> None:
+        await self.call("POST", f"/channels/{channel_id}/continue")
 
     async def request(self, method: str, path: str, **params: Any) -> Any:
         try:

@@ -1,21 +1,29 @@
 """call_controller: Asterisk over ARI, media, RTPEngine.
 
-This module declares what the controller depends on; the call flow itself
-lives beside it.
+This module wires the controller: the ARI client and events link, the calls,
+the local prompts (played when the bus cannot deliver), and the health checks.
 """
 
 from __future__ import annotations
 
 import time
 
+from vagent.services.bus import Bus
 from vagent.services.call_controller.ari import AriClient, AriError
+from vagent.services.call_controller.call import CallContext
+from vagent.services.call_controller.controller import Controller
+from vagent.services.call_controller.events import AriEvents
 from vagent.services.config import Settings
-from vagent.services.health import Check, CheckResult
+from vagent.services.health import Check, CheckResult, breaker_check
 from vagent.services.redis_client import RedisStore
+from vagent.services.responses import load_responses
 from vagent.services.rtpengine import RtpEngineClient, RtpEngineError, parse_ng_address
 from vagent.services.runtime import ServiceSpec, serve
+from vagent.services.tts_service.engines import EspeakTts
+from vagent.services.tts_service.prompts import PromptCache, prompts_directory
 
 NAME = "call_controller"
+PROMPT_RENDER_BUDGET_S = 10.0
 
 
 def ari_check(settings: Settings, timeout_s: float) -> tuple[Check, AriClient | None]:
@@ -48,6 +56,19 @@ def ari_check(settings: Settings, timeout_s: float) -> tuple[Check, AriClient | 
     return Check("ari:info", "component", probe, timeout_s, cache_s=1.0), client
 
 
+def events_check(events: AriEvents, controller: Controller) -> Check:
+    async def probe() -> CheckResult:
+        calls = len(controller.calls)
+        if events.connected.is_set():
+            return CheckResult("pass", f"events connected, {calls} live calls", calls, "calls")
+        since = events.disconnected_at
+        down = f" for {time.monotonic() - since:.0f}s" if since is not None else ""
+        why = f": {events.last_error}" if events.last_error else ""
+        return CheckResult("fail", f"events websocket down{down}{why}")
+
+    return Check("ari:events", "component", probe, timeout_s=0.5, cache_s=0.0)
+
+
 def rtpengine_check(address: str, timeout_s: float) -> Check:
     host, port = parse_ng_address(address)
     client = RtpEngineClient(host, port, timeout_s)
@@ -63,12 +84,38 @@ def rtpengine_check(address: str, timeout_s: float) -> Check:
 
 def build(settings: Settings, store: RedisStore) -> ServiceSpec:
     timeout = settings.health_timeout_s
-    check, client = ari_check(settings, timeout)
-    checks = [check]
+    check, probe_client = ari_check(settings, timeout)
+    spec = ServiceSpec(checks=[check])
     if settings.rtpengine_ng:
-        checks.append(rtpengine_check(settings.rtpengine_ng, timeout))
-    cleanup = [client.aclose] if client is not None else []
-    return ServiceSpec(checks=checks, cleanup=cleanup)
+        spec.checks.append(rtpengine_check(settings.rtpengine_ng, timeout))
+    if probe_client is None or settings.ari_url is None or settings.ari_password is None:
+        return spec
+    password = settings.ari_password.get_secret_value()
+    ari = AriClient(settings.ari_url, settings.ari_user, password)
+    prompts = PromptCache(
+        load_responses(settings.fallback_responses), [EspeakTts()], prompts_directory(settings.home)
+    )
+    controller = Controller(CallContext(settings, ari, store, Bus(store), prompts))
+    events = AriEvents(
+        settings.ari_url,
+        settings.ari_user,
+        password,
+        settings.ari_app,
+        controller.on_event,
+        on_connect=controller.reconcile,
+    )
+
+    async def warm_prompts() -> None:
+        await prompts.warm(PROMPT_RENDER_BUDGET_S)
+
+    async def drain() -> None:
+        await controller.drain(settings.drain_s)
+
+    spec.checks += [events_check(events, controller), breaker_check(ari.dependency.breaker)]
+    spec.workers += [events.run, warm_prompts]
+    spec.cleanup += [probe_client.aclose, ari.aclose]
+    spec.drain = drain
+    return spec
 
 
 def main() -> None:

@@ -34,6 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--system-name", default="vagent-lab")
     parser.add_argument("--app", default="vagent", help="default Stasis app for inbound calls")
     parser.add_argument("--media-time-scale", type=float, default=1.0)
+    parser.add_argument(
+        "--rtp-time-scale", type=float, default=1.0, help="scale of the 20 ms RTP clock"
+    )
+    parser.add_argument(
+        "--strict-rtp-window", type=float, default=5.0, help="seconds before the source locks"
+    )
     parser.add_argument("--ari-disabled", action="store_true", help="ari.conf enabled = no")
     return parser.parse_args(argv)
 
@@ -47,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         system_name=options.system_name,
         default_app=options.app,
         media_time_scale=options.media_time_scale,
+        rtp_time_scale=options.rtp_time_scale,
+        strict_rtp_window=options.strict_rtp_window,
         ari_enabled=not options.ari_disabled,
     )
     done = threading.Event()

@@ -62,6 +62,7 @@ def shutdown(engine: Engine) -> None:
     """Boot ends: timers stop, websockets vanish like a crashed process's."""
     engine.closed = True
     engine.media.shutdown()
+    engine.bridge_media.shutdown()
     for sink in engine.rtp_sinks.values():
         sink.close()
     engine.apps.drop_sessions(None, Signal.DROP)

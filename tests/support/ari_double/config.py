@@ -53,6 +53,15 @@ class DoubleConfig:
     rtp_port_range: tuple[int, int] = (10000, 10999)
     #: Multiplies every simulated media duration (0.05 makes tests fast).
     media_time_scale: float = 1.0
+    #: Multiplies the 20 ms RTP clock of bridged media (caller speech included).
+    #: Separate from ``media_time_scale`` on purpose: an app paces its own RTP
+    #: on a real clock, so speeding this up is only for apps that do not care.
+    rtp_time_scale: float = 1.0
+    #: rtp.conf ``strictrtp`` / ``probation``, and the learning window after which
+    #: the accepted source is locked (5 s in Asterisk; shorter makes tests fast).
+    strict_rtp: bool = True
+    strict_rtp_probation: int = 4
+    strict_rtp_window: float = 5.0
     sounds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SOUNDS))
     recordings: dict[str, float] = field(default_factory=dict)
     build_os: str = "Linux"

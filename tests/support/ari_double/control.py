@@ -16,16 +16,22 @@ Plain JSON over HTTP, no authentication (loopback only, test use). Routes:
     POST /_double/sounds                      {"name", "seconds"}
     GET  /_double/requests | /_double/events | /_double/violations
     POST /_double/journal/clear
+    POST /_double/calls/{id}/say              {"wav_base64"} -> {"seconds"}
+    GET  /_double/channels/{id}/heard         -> {"rate": 8000, "pcm_base64"} (s16le)
+    GET  /_double/channels/{id}/rtp_log | rtp_sent | speech | playbacks
+    GET  /_double/media_channels              ExternalMedia RTP channel ids
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import actions
+from . import actions, media_actions
 from .asgi import Scope, Send, send_http
 from .flows import AppNotRegistered
 from .responses import AriResponse
@@ -146,6 +152,39 @@ def _clear_journal(runtime: Runtime, body: dict[str, Any], parts: list[str]) -> 
     return _reply(204)
 
 
+def _say(runtime: Runtime, body: dict[str, Any], parts: list[str]) -> AriResponse:
+    samples, rate = media_actions.speech_samples(base64.b64decode(body["wav_base64"]))
+    try:
+        record = media_actions.say(runtime.require_engine(), parts[1], samples, rate)
+    except KeyError as exc:
+        return _reply(404, {"error": str(exc)})
+    return _reply(200, {"seconds": record.seconds})
+
+
+def _heard(runtime: Runtime, body: dict[str, Any], parts: list[str]) -> AriResponse:
+    try:
+        samples = media_actions.heard(runtime.require_engine(), parts[1])
+    except KeyError as exc:
+        return _reply(404, {"error": str(exc)})
+    pcm = base64.b64encode(samples.astype("<i2").tobytes()).decode()
+    return _reply(200, {"rate": media_actions.HEARD_RATE, "pcm_base64": pcm})
+
+
+def _records(reader: Callable[..., list[Any]]) -> Route:
+    def route(runtime: Runtime, body: dict[str, Any], parts: list[str]) -> AriResponse:
+        try:
+            records = reader(runtime.require_engine(), parts[1])
+        except KeyError as exc:
+            return _reply(404, {"error": str(exc)})
+        return _reply(200, [dataclasses.asdict(record) for record in records])
+
+    return route
+
+
+def _media_channels(runtime: Runtime, body: dict[str, Any], parts: list[str]) -> AriResponse:
+    return _reply(200, media_actions.external_media_channels(runtime.require_engine()))
+
+
 ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "health"): _health,
     ("GET", "state"): _state,
@@ -165,6 +204,13 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "events"): _listing("events"),
     ("GET", "violations"): _listing("violations"),
     ("POST", "journal/clear"): _clear_journal,
+    ("POST", "calls/*/say"): _say,
+    ("GET", "channels/*/heard"): _heard,
+    ("GET", "channels/*/rtp_log"): _records(media_actions.rtp_log),
+    ("GET", "channels/*/rtp_sent"): _records(media_actions.rtp_sent),
+    ("GET", "channels/*/speech"): _records(media_actions.speech_log),
+    ("GET", "channels/*/playbacks"): _records(media_actions.playback_log),
+    ("GET", "media_channels"): _media_channels,
 }
 
 

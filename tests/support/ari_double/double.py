@@ -27,6 +27,7 @@ from . import actions
 from .config import DoubleConfig
 from .engine import Engine
 from .journal import EventRecord, RequestRecord, Violation
+from .media_api import MediaControls
 from .rtp import ReceivedPacket
 from .runtime import Runtime
 from .server import DoubleApp
@@ -52,12 +53,14 @@ class DoubleViolations(AssertionError):
     """Requests the test made that Swagger does not allow (Asterisk might accept)."""
 
 
-class AriDouble:
+class AriDouble(MediaControls):
     """A faithful Asterisk 22 ARI double (HTTP + events websocket) on 127.0.0.1.
 
     Use as a context manager; ``fail_on_violations`` makes leaving the block
     raise if any request broke the Swagger contract, even when the wire
-    answer (faithfully) was a success.
+    answer (faithfully) was a success. Media (caller speech, RTP to and from
+    ExternalMedia channels, playback history) is steered through the methods
+    of :class:`~.media_api.MediaControls`.
     """
 
     def __init__(

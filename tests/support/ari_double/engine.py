@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from .apps import AppRegistry
+from .bridge_media import BridgeMedia
 from .clock import IdFactory, ari_timestamp
 from .config import DoubleConfig
 from .journal import Journal
@@ -70,6 +71,8 @@ class Engine:
         self.rtp_sinks: dict[str, RtpSink] = {}
         self.closed = False
         self.media = PlaybackEngine(self)
+        #: Callers, ExternalMedia RTP streams and the 20 ms bridge clocks.
+        self.bridge_media = BridgeMedia(self)
 
     # --- emitting -----------------------------------------------------------------
 

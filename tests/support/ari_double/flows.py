@@ -80,6 +80,7 @@ def start_inbound(
         dialplan=DialplanLocation(context, exten, priority, "Stasis", ""),
     )
     channel.via_dialplan = True
+    engine.bridge_media.add_caller(channel.id)
     enter_stasis(engine, channel, app, args)
     return channel
 
@@ -159,6 +160,7 @@ def continue_in_dialplan(
 def forget(engine: Engine, channel: Channel) -> None:
     """The channel is gone: drop it, its subscriptions and its RTP socket."""
     engine.channels.pop(channel.id, None)
+    engine.bridge_media.channel_gone(channel.id)
     sink = engine.rtp_sinks.get(channel.id)
     if sink is not None:
         sink.close()
@@ -200,6 +202,7 @@ def join_bridge(engine: Engine, bridge: Bridge, channel: Channel) -> None:
         engine.apps.apps[channel.stasis_app].subscribe("bridge", bridge.id)
     engine.emit_bridge(events.channel_entered_bridge(bridge, channel), bridge, channel)
     _update_peers(engine, bridge)
+    engine.bridge_media.refresh(bridge)
 
 
 def leave_bridge(engine: Engine, bridge: Bridge, channel: Channel) -> None:
@@ -210,6 +213,7 @@ def leave_bridge(engine: Engine, bridge: Bridge, channel: Channel) -> None:
         set_variable(engine, channel, "BRIDGEPEER", "")
     bridge.channels.remove(channel.id)
     channel.bridge_id = None
+    engine.bridge_media.refresh(bridge)
     engine.emit_bridge(events.channel_left_bridge(bridge, channel), bridge, channel)
     bridge.reevaluate_technology()
     _update_peers(engine, bridge)

@@ -12,15 +12,20 @@ Observed in the lab (README items 11-13, events.jsonl 17-55):
   ``recording:<missing>``) -> Started, then *never* Finished; the object is
   gone and the queue moves on after about 2.5 s;
 * ``DELETE /playbacks/{id}`` on a playing playback -> Finished ``done``.
+
+Every playback also leaves a :class:`PlaybackRecord` that outlives the ARI
+object, so a test can check afterwards what the app asked the caller to
+hear (``characters:hello``, ``sound:...``) and when it was started/stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 import wave
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +51,34 @@ class MediaPlan:
 
     kind: str
     seconds: float = 0.0
+
+
+@dataclass
+class PlaybackRecord:
+    """The history of one playback (times are ``time.time()``, like the journal).
+
+    ``state`` ends as ``done`` or ``failed`` (as in PlaybackFinished),
+    ``vanished`` (unsupported URI: no PlaybackFinished ever came), or
+    ``cancelled`` (removed while still queued). ``stopped`` is True when
+    ``DELETE /playbacks/{id}`` or a hangup cut it short.
+    """
+
+    id: str
+    target_uri: str
+    media: list[str]
+    queued_at: float
+    started: list[tuple[float, str]] = field(default_factory=list)
+    finished_at: float | None = None
+    state: str = "queued"
+    stopped: bool = False
+
+    @property
+    def started_at(self) -> float | None:
+        return self.started[0][0] if self.started else None
+
+    @property
+    def target_id(self) -> str:
+        return self.target_uri.split(":", 1)[1]
 
 
 def sound_file_seconds(name: str) -> float | None:
@@ -103,10 +136,16 @@ class PlaybackEngine:
         self.queues: dict[str, deque[Playback]] = {}
         self.current: dict[str, Playback] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        #: Every playback of this boot, oldest first.
+        self.history: list[PlaybackRecord] = []
+        self._records: dict[str, PlaybackRecord] = {}
 
     def enqueue(self, playback: Playback) -> None:
         """Accept a playback; it starts when the target is free."""
         self.engine.playbacks[playback.id] = playback
+        record = PlaybackRecord(playback.id, playback.target_uri, list(playback.media), time.time())
+        self.history.append(record)
+        self._records[playback.id] = record
         self.queues.setdefault(playback.target_uri, deque()).append(playback)
         if playback.target_uri not in self.current:
             self.engine.loop.call_soon(self._advance, playback.target_uri)
@@ -123,6 +162,9 @@ class PlaybackEngine:
         self.tasks[playback.id] = self.engine.loop.create_task(self._run(playback))
 
     def _emit(self, event_type: str, playback: Playback) -> None:
+        record = self._records.get(playback.id)
+        if record is not None and event_type == "PlaybackStarted":
+            record.started.append((time.time(), playback.media_uri))
         event = events.playback_event(event_type, playback)
         self.engine.emit_target(event, playback.target_kind, playback.target_id)
 
@@ -160,7 +202,14 @@ class PlaybackEngine:
         playback.state = "done"
         self._emit("PlaybackFinished", playback)
 
+    def _close_record(self, playback: Playback, state: str) -> None:
+        record = self._records.pop(playback.id, None)
+        if record is not None:
+            record.finished_at, record.state = time.time(), state
+
     def _finish(self, playback: Playback) -> None:
+        final = playback.state if playback.state in ("done", "failed") else "vanished"
+        self._close_record(playback, final)
         self.tasks.pop(playback.id, None)
         self.engine.playbacks.pop(playback.id, None)
         if self.current.get(playback.target_uri) is playback:
@@ -176,7 +225,11 @@ class PlaybackEngine:
             if queue is not None and playback in queue:
                 queue.remove(playback)
             self.engine.playbacks.pop(playback.id, None)
+            self._close_record(playback, "cancelled")
             return
+        record = self._records.get(playback.id)
+        if record is not None:
+            record.stopped = True
         if playback.state in ("playing", "continuing"):
             playback.state = "done"
             self._emit("PlaybackFinished", playback)
@@ -186,6 +239,7 @@ class PlaybackEngine:
         """The channel or bridge is going away: stop what plays, drop what waits."""
         for queued in list(self.queues.pop(target_uri, deque())):
             self.engine.playbacks.pop(queued.id, None)
+            self._close_record(queued, "cancelled")
         playing = self.current.get(target_uri)
         if playing is not None:
             self.stop(playing)

@@ -4,9 +4,9 @@ Real Asterisk listens on UNICASTRTP_LOCAL_ADDRESS:PORT as soon as the
 channel exists. An application that sends its audio there over a connected
 UDP socket would get ``ConnectionRefusedError`` (ICMP port unreachable) if
 nothing listened, so the double binds the advertised port for real and keeps
-what arrives for tests to inspect. Sending RTP *to* the application (Asterisk
-only does that once the bridge delivers frames, rtp-notes.md section 1) is
-the job of the later media layer.
+what arrives for tests to inspect. The media layer (rtp_stream.py) listens
+to the same socket and sends from it: Asterisk's packets come *from*
+UNICASTRTP_LOCAL_ADDRESS:PORT.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import asyncio
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 #: One minute of 20 ms packets.
@@ -41,6 +42,8 @@ class RtpSink(asyncio.DatagramProtocol):
     total: int = 0
     transport: asyncio.BaseTransport | None = None
     closed: bool = False
+    #: Called with every datagram after it is kept (the media layer's receive path).
+    listener: Callable[[bytes, tuple[str, int]], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -49,7 +52,26 @@ class RtpSink(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
         self.total += 1
-        self.packets.append(ReceivedPacket(time.time(), (str(addr[0]), int(addr[1])), data))
+        source = (str(addr[0]), int(addr[1]))
+        self.packets.append(ReceivedPacket(time.time(), source, data))
+        if self.listener is not None:
+            self.listener(data, source)
+
+    def error_received(self, exc: Exception) -> None:
+        """ICMP port unreachable from an app that stopped listening: Asterisk shrugs."""
+
+    def send(self, data: bytes, destination: tuple[str, int]) -> bool:
+        """Send from the channel's own port; False if the socket is gone or refused."""
+        if self.closed:
+            return False
+        try:
+            if isinstance(self.transport, asyncio.DatagramTransport):
+                self.transport.sendto(data, destination)
+            else:  # the endpoint task has not run yet
+                self.sock.sendto(data, destination)
+        except OSError:
+            return False
+        return True
 
     def close(self) -> None:
         self.closed = True

@@ -6,11 +6,13 @@ says ``Down`` and carries ``channelvars`` with UNICASTRTP_LOCAL_ADDRESS/PORT,
 while the app at once gets Dial -> ChannelStateChange(Up) -> Dial(ANSWER) ->
 ChannelVarset STASISSTATUS -> StasisStart(Up, args []) (events.jsonl
 167-171). AudioSocket and WebSocket media pass the same validation and then
-get a 501 naming the double's gap.
+get a 501 naming the double's gap. The channel's media (what it sends into
+and receives from the app) lives in rtp_stream.py and bridge_media.py.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .. import events, flows
@@ -19,7 +21,9 @@ from ..engine import Engine
 from ..models import OUTGOING_APP, CallerId, Channel, DialplanLocation, ExternalMediaInfo
 from ..params import DecodedArgs
 from ..responses import AriResponse, error, ok
-from ..rtp import bind_rtp_socket, start_sink
+from ..rtp import RtpSink, bind_rtp_socket, start_sink
+from ..rtp_stream import ExternalRtpStream, resolve_external_host
+from ..strict_rtp import StrictRtp
 from .registry import handler
 
 INTERNAL_ERROR = "An internal error prevented this request from being handled"
@@ -119,7 +123,8 @@ def _create_rtp_channel(engine: Engine, args: DecodedArgs) -> Channel | AriRespo
         return error(500, INTERNAL_ERROR)
     port, sock = bound
     engine.rtp_ports.claim(port)
-    engine.rtp_sinks[channel.id] = start_sink(engine.loop, sock)
+    sink = engine.rtp_sinks[channel.id] = start_sink(engine.loop, sock)
+    engine.bridge_media.add_stream(_rtp_stream(engine, channel.id, external_host, fmt, sink))
     channel.external_media = ExternalMediaInfo(
         external_host, fmt, "rtp", "udp", engine.config.rtp_address, port
     )
@@ -132,6 +137,24 @@ def _create_rtp_channel(engine: Engine, args: DecodedArgs) -> Channel | AriRespo
             if key and isinstance(text, str):
                 channel.variables[key] = text
     return channel
+
+
+def _rtp_stream(
+    engine: Engine, channel_id: str, external_host: str, fmt: str, sink: RtpSink
+) -> ExternalRtpStream:
+    """Media for the channel: sends to ``external_host``, which strict RTP trusts first."""
+    config = engine.config
+    destination = resolve_external_host(external_host)
+    strict = StrictRtp(
+        destination,
+        time.monotonic(),
+        window=config.strict_rtp_window,
+        probation=config.strict_rtp_probation,
+        enabled=config.strict_rtp,
+    )
+    return ExternalRtpStream(
+        channel_id, fmt, destination, sink, strict, time_scale=config.rtp_time_scale
+    )
 
 
 def _dial_into_stasis(engine: Engine, channel: Channel, app: str, data: str | None) -> None:
