@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     )
     tts_model: str = Field(default="gpt-4o-mini-tts", min_length=1)
     tts_voice: str = Field(default="alloy", min_length=1)
+    local_tts: Literal["espeak-ng", "none"] = Field(
+        default="espeak-ng",
+        description="espeak-ng, or none to go from OpenAI TTS straight to Asterisk characters:",
+    )
     fallback_responses: Path | None = Field(
         default=None,
         description="the path of a TOML file of scripted replies (see fallback_responses.toml)",

@@ -53,7 +53,9 @@ class Speaker:
             try:
                 await self._current
             except asyncio.CancelledError:
-                if self._current is None or not self._current.cancelled():
+                # A barge-in cancels only the piece; a hangup cancels this loop too.
+                this = asyncio.current_task()
+                if this is not None and this.cancelling():
                     raise
             finally:
                 self._current = None

@@ -156,7 +156,8 @@ def tts_engines(settings: Settings) -> list[TtsEngine]:
         engines.append(
             OpenAITts(make_client(settings), settings.tts_model, settings.tts_voice, dependency)
         )
-    engines.append(EspeakTts())
+    if settings.local_tts == "espeak-ng" or not engines:
+        engines.append(EspeakTts())
     return engines
 
 
