@@ -253,9 +253,7 @@ class Dependency:
         timeout = self.policy.timeout_s
         cut_by_deadline = False
         if deadline is not None:
-            remaining = deadline - time.time()
-            if remaining <= 0:
-                raise DeadlineExceeded(f"{self.policy.name}: turn deadline passed")
+            remaining = time_left(deadline, self.policy.name)
             cut_by_deadline = remaining < timeout
             timeout = min(timeout, remaining)
         try:
@@ -274,6 +272,14 @@ class Dependency:
 
     def _count(self, kind: ErrorKind) -> None:
         metrics.DEPENDENCY_FAILURES.labels(self.policy.name, kind.value).inc()
+
+
+def time_left(deadline: float, name: str) -> float:
+    """Seconds until the deadline, or DeadlineExceeded: for local engines without a policy."""
+    remaining = deadline - time.time()
+    if remaining <= 0:
+        raise DeadlineExceeded(f"{name}: turn deadline passed")
+    return remaining
 
 
 class _stop_at_deadline(stop_base):

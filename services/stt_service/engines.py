@@ -32,7 +32,13 @@ import numpy as np
 from openai import AsyncOpenAI, omit
 
 from vagent.services.audio import WIDEBAND_RATE, Audio, write_wav
-from vagent.services.resilience import DeadlineExceeded, Dependency, DependencyError, ErrorKind
+from vagent.services.resilience import (
+    DeadlineExceeded,
+    Dependency,
+    DependencyError,
+    ErrorKind,
+    time_left,
+)
 
 log = logging.getLogger("vagent.stt.engines")
 
@@ -78,13 +84,6 @@ def require_utterance(audio: Audio, engine: str) -> None:
             f"{MIN_UTTERANCE_S}s, nothing to transcribe",
             ErrorKind.REJECTED,
         )
-
-
-def _remaining(deadline: float, engine: str) -> float:
-    remaining = deadline - time.time()
-    if remaining <= 0:
-        raise DeadlineExceeded(f"{engine}: turn deadline passed")
-    return remaining
 
 
 # --------------------------------------------------------------------------- OpenAI
@@ -361,7 +360,7 @@ class PocketsphinxStt:
 
     async def transcribe(self, audio: Audio, deadline: float) -> str:
         require_utterance(audio, self.name)
-        remaining = _remaining(deadline, self.name)
+        remaining = time_left(deadline, self.name)
         job = _Job(audio, deadline)
         try:
             async with asyncio.timeout(remaining):

@@ -18,14 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import time
 from typing import Protocol
 
 import httpx2
 from openai import AsyncOpenAI
 
 from vagent.services.audio import FRAME_MS, Audio, AudioFormatError, read_wav, ulaw_encode
-from vagent.services.resilience import DeadlineExceeded, Dependency, DependencyError, ErrorKind
+from vagent.services.resilience import (
+    DeadlineExceeded,
+    Dependency,
+    DependencyError,
+    ErrorKind,
+    time_left,
+)
 
 OPENAI_PCM_RATE = 24_000
 """OpenAI's `pcm` speech format: raw 24 kHz, 16-bit signed little-endian, mono."""
@@ -71,13 +76,6 @@ def _require_text(text: str, engine: str) -> None:
 def _min_samples(rate: int) -> int:
     """Less than one 20 ms frame carries nothing a caller can hear: treat it as no audio."""
     return rate * FRAME_MS // 1000
-
-
-def _remaining(deadline: float, engine: str) -> float:
-    remaining = deadline - time.time()
-    if remaining <= 0:
-        raise DeadlineExceeded(f"{engine}: turn deadline passed")
-    return remaining
 
 
 class OpenAITts:
@@ -150,10 +148,10 @@ class EspeakTts:
     async def synthesize(self, text: str, deadline: float) -> Audio:
         _require_text(text, self.name)
         binary = self._resolve_binary()
-        _remaining(deadline, self.name)  # no process at all for a turn that is already over
+        time_left(deadline, self.name)  # no process at all for a turn that is already over
         process = await self._spawn(binary)
         try:
-            async with asyncio.timeout(_remaining(deadline, self.name)):
+            async with asyncio.timeout(time_left(deadline, self.name)):
                 wav, err = await process.communicate(text.encode("utf-8"))
         except TimeoutError:
             raise DeadlineExceeded(f"{self.name}: turn deadline passed") from None
