@@ -6,11 +6,13 @@
          {"type": "prompt", "seq", "name", "trace"}
          {"type": "end", "count", "trace"}           -> tts_service
     results:<call_id>
-         {"type": "audio", "seq", "text", "format": "ulaw8k", "trace"} + audio
+         {"type": "audio", "seq", "text", "format": "ulaw8k" | "slin16", "trace"} + audio
          {"type": "say", "seq", "text", "trace"}     (play with ARI characters:)
          {"type": "end", "count", "trace"}           -> the controller (or `vagent probe`)
 
 `trace` gathers, stage by stage, which provider served and how long it took.
+A turn may ask for 16 kHz audio with "output": "slin16" in its first message;
+every stage passes it on.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ RESERVE_S = {STT: 0.40, LLM: 0.35, TTS: 0.0}
 LATE_STAGE_S = {STT: 0.6, LLM: 0.3, TTS: 0.3}
 # After the budget the controller plays a filler; the answer is wanted this much longer.
 GRACE_S = 4.0
+
+
+OUTPUT_FORMATS = ("ulaw8k", "slin16")  # 8 kHz G.711 mu-law, or 16 kHz signed linear LE
+
+
+def passed_on(envelope: Envelope, body: dict[str, Any]) -> dict[str, Any]:
+    """A follow-up body that keeps the turn's requested audio format ("output")."""
+    output = envelope.body.get("output")
+    return {**body, "output": output} if output in OUTPUT_FORMATS else body
 
 
 def turn_times(budget_ms: int) -> tuple[float, float]:

@@ -13,6 +13,7 @@ import redis
 
 from conftest import RedisServer
 from support.openai_double import OpenAIDouble
+from vagent.services.audio import Audio
 from vagent.services.bus import Bus, Envelope, decode, result_key, stream_key
 from vagent.services.health import ServingTracker
 from vagent.services.redis_client import RedisStore
@@ -100,3 +101,22 @@ async def test_undecodable_utterance_gets_the_error_stt_prompt(
     assert sent[0]["name"] == "ERROR_STT"
     assert "not a readable WAV" in sent[0]["trace"]["stt"]["error"]
     assert sent[1]["count"] == 1
+
+
+@pytest.mark.parametrize(("output", "bytes_per_s"), [("ulaw8k", 8000), ("slin16", 32000)])
+async def test_audio_comes_in_the_format_the_turn_asked_for(
+    bus: Bus, redis_server: RedisServer, output: str, bytes_per_s: int
+) -> None:
+    engines = [EspeakTts()]
+    prompts = PromptCache(FallbackResponseManager.load(), engines)
+    worker = TtsWorker(bus, engines, prompts, ServingTracker("tts", "local"))
+    body = {"type": "sentence", "seq": 0, "text": "We open at nine.", "trace": {}}
+    message = envelope({**body, "output": output})
+    await worker.handle(message)
+    [result] = results(redis_server, message.call_id)
+    assert result.body["format"] == output
+    seconds = len(result.audio) / bytes_per_s
+    assert 0.8 < seconds < 3.0
+    if output == "slin16":
+        decoded = Audio(result.audio, 16000)
+        assert decoded.rms() > 500

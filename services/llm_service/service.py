@@ -38,7 +38,14 @@ from vagent.services.runtime import (
     local_engine_check,
     serve,
 )
-from vagent.services.turn import LLM, TTS, follow_up_deadline, stage_deadline, stage_record
+from vagent.services.turn import (
+    LLM,
+    TTS,
+    follow_up_deadline,
+    passed_on,
+    stage_deadline,
+    stage_record,
+)
 
 NAME = "llm_service"
 log = logging.getLogger("vagent.llm")
@@ -109,6 +116,7 @@ class LlmWorker:
 
     async def _publish(self, envelope: Envelope, suffix: str, body: dict[str, Any]) -> None:
         deadline = follow_up_deadline(envelope.deadline, self.budget_s)
+        body = passed_on(envelope, body)
         message = envelope.follow_up(f"{envelope.turn_id}:tts:{suffix}", body, deadline=deadline)
         await self.bus.publish(TTS, message)
 

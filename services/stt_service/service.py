@@ -28,7 +28,7 @@ from vagent.services.runtime import (
     serve,
 )
 from vagent.services.stt_service.engines import OpenAIStt, PocketsphinxStt, SttEngine
-from vagent.services.turn import LLM, STT, TTS, stage_deadline, stage_record
+from vagent.services.turn import LLM, STT, TTS, passed_on, stage_deadline, stage_record
 
 NAME = "stt_service"
 log = logging.getLogger("vagent.stt")
@@ -91,13 +91,15 @@ class SttWorker:
         if not served.value:
             await self._not_understood(envelope, trace)
             return
-        body = {"text": served.value, "trace": trace}
+        body = passed_on(envelope, {"text": served.value, "trace": trace})
         await self.bus.publish(LLM, envelope.follow_up(f"{envelope.turn_id}:llm", body))
 
     async def _not_understood(self, envelope: Envelope, trace: dict[str, Any]) -> None:
         """Nothing heard: the caller hears ERROR_STT, and the turn ends there."""
         turn = envelope.turn_id
-        prompt = {"type": "prompt", "seq": 0, "name": "ERROR_STT", "trace": trace}
+        prompt = passed_on(
+            envelope, {"type": "prompt", "seq": 0, "name": "ERROR_STT", "trace": trace}
+        )
         await self.bus.publish(TTS, envelope.follow_up(f"{turn}:tts:0", prompt))
         end = {"type": "end", "count": 1, "trace": trace}
         await self.bus.publish(TTS, envelope.follow_up(f"{turn}:tts:end", end))

@@ -15,7 +15,7 @@ import shutil
 import time
 from typing import Any
 
-from vagent.services.audio import FRAME_MS
+from vagent.services.audio import FRAME_MS, Audio, slin16_le, ulaw_decode
 from vagent.services.bus import Bus, Envelope
 from vagent.services.config import Settings
 from vagent.services.health import Check, CheckFailed, CheckResult, ServingTracker, breaker_check
@@ -115,13 +115,15 @@ class TtsWorker:
             await self._result(envelope, "say", {"text": text, "prompt": name}, record)
             return
         record = stage_record(None, started, provider="prompt", model=prompt.engine)
-        await self._audio(envelope, prompt.text, prompt.ulaw, record, prompt=name)
+        await self._audio(envelope, prompt.text, ulaw_decode(prompt.ulaw), record, prompt=name)
 
     async def _audio(
-        self, envelope: Envelope, text: str, ulaw: bytes, record: dict[str, Any], **extra: Any
+        self, envelope: Envelope, text: str, audio: Audio, record: dict[str, Any], **extra: Any
     ) -> None:
-        body = {"text": text, "format": "ulaw8k", "frame_ms": FRAME_MS, **extra}
-        await self._result(envelope, "audio", body, record, ulaw)
+        output = envelope.body.get("output", "ulaw8k")
+        data = slin16_le(audio) if output == "slin16" else telephony(audio)
+        body = {"text": text, "format": output, "frame_ms": FRAME_MS, **extra}
+        await self._result(envelope, "audio", body, record, data)
 
     async def _result(
         self,
@@ -140,9 +142,9 @@ class TtsWorker:
         await self.bus.publish_result(message)
 
 
-def _link(engine: TtsEngine, text: str) -> Link[bytes]:
-    async def run(deadline: float) -> bytes:
-        return telephony(await engine.synthesize(text, deadline))
+def _link(engine: TtsEngine, text: str) -> Link[Audio]:
+    async def run(deadline: float) -> Audio:
+        return await engine.synthesize(text, deadline)
 
     return Link(engine.name, engine.kind, run, FLOOR_S.get(engine.kind, 0.0))
 
