@@ -6,15 +6,18 @@ from the controller's RTP, decoded like Asterisk decodes it.
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import Stack, make_stack, wait_for
+from conftest import Stack, make_stack, services_by_name, status, wait_for
 from support.ari_double import AriDouble
 from support.openai_double import OpenAIDouble
 from vagent.cli.supervisor import Supervisor
@@ -109,6 +112,13 @@ def wait_quiet(ari: AriDouble, channel: str, quiet_s: float = 0.6, timeout: floa
 def live_calls(stack: Stack) -> int:
     entry = controller_health(stack)["checks"]["ari:events"][0]
     return int(entry.get("observedValue", -1))
+
+
+def controller_status(stack: Stack) -> str:
+    try:
+        return str(controller_health(stack)["status"])
+    except httpx.HTTPError:
+        return "unreachable"
 
 
 def controller_health(stack: Stack) -> dict[str, Any]:
@@ -257,4 +267,25 @@ def test_redis_down_the_caller_hears_the_error_prompt_and_goes_back_to_the_dialp
         assert ("POST", f"/ari/channels/{channel}/continue") in paths
     finally:
         rpc.startProcess("redis")
-    wait_for(lambda: controller_health(stack)["status"] == "healthy", 20, "recovery")
+    wait_for(lambda: controller_status(stack) == "healthy", 20, "recovery")
+
+
+def test_sigterm_drains_live_calls_and_sends_newcomers_back_to_the_dialplan(
+    stack: Stack, doubles: tuple[AriDouble, OpenAIDouble]
+) -> None:
+    ari, _ = doubles
+    live = call(ari)
+    wait_quiet(ari, live)
+    controller = int(services_by_name(status(stack)[1])["call_controller"]["pid"])
+    os.kill(controller, signal.SIGTERM)  # what supervisord sends on `vagent down`
+    time.sleep(0.5)
+    newcomer = call(ari)
+    paths = lambda: [(r.method, r.path) for r in ari.requests]  # noqa: E731
+    wait_for(lambda: ("POST", f"/ari/channels/{newcomer}/continue") in paths(), 5, "continue")
+    assert Path(f"/proc/{controller}").exists()  # still serving the live call
+    assert ("DELETE", f"/ari/bridges/vagent-{live}") not in paths()
+    ari.hangup(live)
+    wait_for(lambda: not Path(f"/proc/{controller}").exists(), 5, "the drained controller to exit")
+    assert ("DELETE", f"/ari/bridges/vagent-{live}") in paths()
+    ari.hangup(newcomer)
+    wait_for(lambda: controller_status(stack) == "healthy", 30, "a new controller")

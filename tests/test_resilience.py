@@ -13,6 +13,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from conftest import RedisServer
+from vagent.services import metrics
 from vagent.services.redis_client import RedisStore
 from vagent.services.resilience import (
     BreakerOpenError,
@@ -39,6 +40,7 @@ async def test_awaited_failures_open_the_breaker_after_fail_max(redis_server: Re
     with pytest.raises(RedisConnectionError):
         await store.call(lambda r: r.ping())
     assert store.dependency.breaker.state == "open"
+    assert 'vagent_breaker_state{dependency="redis"} 2.0' in metrics.render().decode()
     await store.close()
 
 

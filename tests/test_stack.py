@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,3 +201,22 @@ def test_down_leaves_no_process_and_is_safe_twice(stack: Stack) -> None:
     code, body = status(stack)
     assert code == 2
     assert all(s["state"] == "NOT RUNNING" for s in body["services"])
+
+
+def test_up_in_the_foreground_runs_until_signalled(tmp_path: Path) -> None:
+    """What the systemd unit runs: supervisord in the foreground, stopped by SIGTERM."""
+    fg = make_stack(tmp_path)
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "vagent"), "up", "--foreground"],
+        env=fg.env,
+        cwd=fg.home,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: status(fg)[0] in (0, 1), 60, "the foreground stack to be ready")
+        assert services_by_name(status(fg)[1])["llm_service"]["state"] == "RUNNING"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    assert _processes_mentioning(fg.env["VAGENT_HOME"]) == []
