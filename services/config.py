@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES: tuple[str, ...] = ("call_controller", "stt_service", "llm_service", "tts_service")
@@ -72,6 +79,11 @@ class Settings(BaseSettings):
     media_host: str = Field(
         default="127.0.0.1",
         description="the address Asterisk sends call audio to (this host, as Asterisk sees it)",
+    )
+    media_mode: Literal["direct", "rtpengine"] = Field(
+        default="direct",
+        description="direct (RTP between Asterisk and vagent) or rtpengine (anchored through "
+        "VAGENT_RTPENGINE_NG)",
     )
     media_format: Literal["ulaw", "slin16"] = Field(
         default="ulaw", description="ulaw (8 kHz) or slin16 (16 kHz) for ExternalMedia"
@@ -158,6 +170,12 @@ class Settings(BaseSettings):
             raise ValueError("must be host:port")
         return value
 
+    @model_validator(mode="after")
+    def _rtpengine_for_anchoring(self) -> Settings:
+        if self.media_mode == "rtpengine" and not self.rtpengine_ng:
+            raise ValueError("VAGENT_MEDIA_MODE=rtpengine needs VAGENT_RTPENGINE_NG (host:port)")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return self.home / "run"
@@ -219,8 +237,11 @@ def _field_for(loc: tuple[int | str, ...]) -> tuple[str, str | None]:
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        variable, hint = _field_for(item["loc"])
         reason = item["msg"].removeprefix("Value error, ")
+        if not item["loc"]:  # a rule between several variables: its message names them
+            lines.append(f"{reason}.")
+            continue
+        variable, hint = _field_for(item["loc"])
         lines.append(f"{variable} is invalid ({reason}): set it to {hint or 'a valid value'}.")
     return "\n".join(lines)
 

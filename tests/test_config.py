@@ -57,6 +57,12 @@ def test_invalid_value_names_variable_and_fix(
     assert fix in message
 
 
+def test_anchoring_without_rtpengine_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAGENT_MEDIA_MODE", "rtpengine")
+    with pytest.raises(ConfigError, match="VAGENT_MEDIA_MODE=rtpengine needs VAGENT_RTPENGINE_NG"):
+        load_settings()
+
+
 def test_dotenv_file_is_read(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text(f"OPENAI_API_KEY={SECRET}\nVAGENT_LLM_MODEL=gpt-4o-mini\n")
     settings = load_settings()

@@ -24,6 +24,7 @@ from typing import Any
 from vagent.services import metrics
 from vagent.services.audio import Audio, ulaw_decode, ulaw_encode
 from vagent.services.bus import Bus, Envelope, decode, result_key
+from vagent.services.call_controller.anchor import AnchoredMedia, MediaAnchorError, RtpEngineAnchor
 from vagent.services.call_controller.ari import AriClient
 from vagent.services.call_controller.rtp import RtpEndpoint
 from vagent.services.call_controller.speaker import Piece, Speaker
@@ -46,6 +47,7 @@ class CallContext:
     store: RedisStore
     bus: Bus
     prompts: PromptCache
+    anchor: RtpEngineAnchor | None = None  # media mode rtpengine
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Call:
         self.bridge_id = f"vagent-{self.channel_id}"
         self.media_id = f"{self.channel_id}-media"
         self.endpoint: RtpEndpoint | None = None
+        self.anchored: AnchoredMedia | None = None
         self.turn: Turn | None = None
         self._pending: dict[int, Envelope] = {}
         self._watchers: set[asyncio.Task[None]] = set()
@@ -107,18 +110,48 @@ class Call:
         if self.ringing:
             await ari.answer(self.channel_id)
         self.endpoint = await RtpEndpoint.open(settings.media_host, 0)
-        host, port = self.endpoint.local_address
         await ari.create_bridge(self.bridge_id)
-        media = await ari.external_media(
-            settings.ari_app, self.media_id, f"{host}:{port}", settings.media_format
-        )
-        variables = media.get("channelvars", {})
-        self.endpoint.set_remote(
-            variables["UNICASTRTP_LOCAL_ADDRESS"], int(variables["UNICASTRTP_LOCAL_PORT"])
-        )
+        self.endpoint.set_remote(*await self._media_channel())
         await ari.add_channels(self.bridge_id, self.channel_id, self.media_id)
         metrics.CALL_EVENTS.labels("started").inc()
         return Speaker(self.endpoint, ari, self.channel_id)
+
+    async def _media_channel(self) -> tuple[str, int]:
+        """The ExternalMedia channel; returns where our RTP must go.
+
+        In media mode rtpengine the RTP is anchored through rtpengine; when
+        that fails the call goes on with direct RTP (and /health shows why).
+        """
+        assert self.endpoint is not None
+        local = self.endpoint.local_address
+        anchor = self.ctx.anchor
+        if anchor is not None:
+            try:
+                self.anchored = await anchor.open(self.channel_id, local)
+                asterisk = await self._external_media(self.anchored.external_host)
+                return await anchor.connect(self.anchored, asterisk)
+            except MediaAnchorError as exc:
+                metrics.CALL_EVENTS.labels("anchor_failed").inc()
+                log.warning("rtpengine anchoring failed (%s): direct RTP for this call", exc)
+                await self._drop_anchor()
+        return await self._external_media(f"{local[0]}:{local[1]}")
+
+    async def _external_media(self, external_host: str) -> tuple[str, int]:
+        settings = self.ctx.settings
+        media = await self.ctx.ari.external_media(
+            settings.ari_app, self.media_id, external_host, settings.media_format
+        )
+        variables = media.get("channelvars", {})
+        return variables["UNICASTRTP_LOCAL_ADDRESS"], int(variables["UNICASTRTP_LOCAL_PORT"])
+
+    async def _drop_anchor(self) -> None:
+        """Undo a half-made anchor: its rtpengine call, and a media channel pointing at it."""
+        if self.anchored is None or self.ctx.anchor is None:
+            return
+        await self.ctx.anchor.close(self.anchored)
+        self.anchored = None
+        with contextlib.suppress(Exception):
+            await self.ctx.ari.hangup(self.media_id)
 
     async def _greet(self, speaker: Speaker) -> None:
         turn = self._new_turn()
@@ -258,5 +291,7 @@ class Call:
             await self.ctx.ari.hangup(self.media_id)
         with contextlib.suppress(Exception):
             await self.ctx.ari.destroy_bridge(self.bridge_id)
+        if self.anchored is not None and self.ctx.anchor is not None:
+            await self.ctx.anchor.close(self.anchored)
         metrics.CALL_EVENTS.labels("ended").inc()
         log.info("call released")

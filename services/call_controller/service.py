@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from vagent.services.bus import Bus
+from vagent.services.call_controller.anchor import RtpEngineAnchor
 from vagent.services.call_controller.ari import AriClient, AriError
 from vagent.services.call_controller.call import CallContext
 from vagent.services.call_controller.controller import Controller
@@ -95,7 +96,12 @@ def build(settings: Settings, store: RedisStore) -> ServiceSpec:
     prompts = PromptCache(
         load_responses(settings.fallback_responses), [EspeakTts()], prompts_directory(settings.home)
     )
-    controller = Controller(CallContext(settings, ari, store, Bus(store), prompts))
+    anchor = None
+    if settings.media_mode == "rtpengine" and settings.rtpengine_ng:
+        host, port = parse_ng_address(settings.rtpengine_ng)
+        anchor = RtpEngineAnchor(RtpEngineClient(host, port, timeout_s=2.0))
+    context = CallContext(settings, ari, store, Bus(store), prompts, anchor)
+    controller = Controller(context)
     events = AriEvents(
         settings.ari_url,
         settings.ari_user,
@@ -110,6 +116,8 @@ def build(settings: Settings, store: RedisStore) -> ServiceSpec:
 
     async def drain() -> None:
         await controller.drain(settings.drain_s)
+        if anchor is not None:
+            await anchor.wait_cleanups()
 
     spec.checks += [events_check(events, controller), breaker_check(ari.dependency.breaker)]
     spec.workers += [events.run, warm_prompts]
