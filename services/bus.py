@@ -178,7 +178,7 @@ class ConsumerConfig:
     stream: str
     group: str
     consumer: str
-    concurrency: int = 128
+    concurrency: int = 32
     block_ms: int = 250
     claim_idle_ms: int = 600
     max_deliveries: int = 3

@@ -121,7 +121,10 @@ class TtsWorker:
         self, envelope: Envelope, text: str, audio: Audio, record: dict[str, Any], **extra: Any
     ) -> None:
         output = envelope.body.get("output", "ulaw8k")
-        data = slin16_le(audio) if output == "slin16" else telephony(audio)
+        # Resampling is CPU work: off the event loop, or a burst of replies would stall
+        # every Redis reply behind it and trip the Redis breaker for no fault of Redis.
+        encode = slin16_le if output == "slin16" else telephony
+        data = await asyncio.to_thread(encode, audio)
         body = {"text": text, "format": output, "frame_ms": FRAME_MS, **extra}
         await self._result(envelope, "audio", body, record, data)
 
