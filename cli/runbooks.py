@@ -14,6 +14,8 @@ _BY_PREFIX = {
     "openai": "openai.md",
     "breaker:openai": "openai.md",
     "local": "local-engines.md",
+    "prompts": "local-engines.md",
+    "serving": "openai.md",
     "process": "crash-loop.md",
     "config": "configuration.md",
 }

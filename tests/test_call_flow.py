@@ -55,7 +55,8 @@ def stack(
         VAGENT_DRAIN_S="5",
     )
     up = s.vagent("up", "--timeout", "60")
-    assert up.returncode == 0, up.stdout + up.stderr
+    assert up.returncode in (0, 1), up.stdout + up.stderr  # 1 while the prompts render
+    wait_for(lambda: status(s)[0] == 0, 30, "every service healthy")
     ari.wait_for_app(timeout=10)
     yield s
     s.vagent("down")

@@ -52,10 +52,10 @@ def configured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
 
 def test_everything_configured_is_healthy(configured: dict[str, Any]) -> None:
     up, stack = configured["up"], configured["stack"]
-    assert up.returncode == 0, up.stdout + up.stderr
-    assert "all services healthy" in up.stdout
-    code, body = status(stack)
-    assert code == 0
+    assert up.returncode in (0, 1), up.stdout + up.stderr
+    # tts_service is degraded until its fixed prompts are rendered (seconds, with OpenAI).
+    wait_for(lambda: status(stack)[0] == 0, 30, "every service healthy")
+    _, body = status(stack)
     assert body["infrastructure"] == []  # external Redis: no embedded redis-server
     checks = {
         name: {c["name"]: c for c in service["checks"]}
