@@ -83,23 +83,29 @@ class Call:
         """The whole call; returns when the caller hangs up (or is handed back)."""
         token = call_id_var.set(self.channel_id)
         metrics.ACTIVE_CALLS.inc()
+        live = asyncio.create_task(self._live())
+        ended = asyncio.create_task(self.ended.wait())
         try:
-            speaker = await self._connect()
-            tasks = [
-                asyncio.create_task(speaker.run()),
-                asyncio.create_task(self._listen(speaker)),
-                asyncio.create_task(self._replies(speaker)),
-            ]
-            await self._greet(speaker)
-            ended = asyncio.create_task(self.ended.wait())
-            await asyncio.wait([ended, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for task in [ended, *tasks]:
-                task.cancel()
-            await asyncio.gather(*tasks, ended, return_exceptions=True)
+            # A hangup ends the call at any moment, during the set-up too.
+            await asyncio.wait([live, ended], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            await _stop(live, ended)
             await self._release()
             metrics.ACTIVE_CALLS.dec()
             call_id_var.reset(token)
+
+    async def _live(self) -> None:
+        speaker = await self._connect()
+        tasks = [
+            asyncio.create_task(speaker.run()),
+            asyncio.create_task(self._listen(speaker)),
+            asyncio.create_task(self._replies(speaker)),
+        ]
+        try:
+            await self._greet(speaker)
+            await asyncio.gather(*tasks)
+        finally:
+            await _stop(*tasks)
 
     def hangup(self) -> None:
         """The caller is gone (StasisEnd, hangup request): stop everything."""
@@ -295,3 +301,15 @@ class Call:
             await self.ctx.anchor.close(self.anchored)
         metrics.CALL_EVENTS.labels("ended").inc()
         log.info("call released")
+
+
+STOP_BOUND_S = 3.0
+
+
+async def _stop(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel and wait, but never forever: a task slow to stop must not keep a call alive."""
+    for task in tasks:
+        task.cancel()
+    _, stuck = await asyncio.wait(tasks, timeout=STOP_BOUND_S)
+    for task in stuck:
+        log.error("a call task did not stop within %.0fs: %r", STOP_BOUND_S, task)
