@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import stack
+import turns
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 
@@ -22,6 +23,9 @@ def main() -> None:
         ("`vagent up` cold start", stack.bench_cold_start(runs)),
         ("Recovery after `kill -9`", stack.bench_kill_recovery(runs)),
         ("/health with every dependency hanging", stack.bench_health_when_hanging(40 * runs)),
+        ("Time to first audio under each single fault", turns.bench_fault_modes(runs)),
+        ("An open breaker", turns.bench_open_breaker(4 * runs)),
+        ("Pipeline overhead under load", turns.bench_overhead((1, 10, 100))),
     ]
     lines = [
         "# Benchmarks",

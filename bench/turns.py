@@ -237,7 +237,8 @@ def bench_overhead(levels: tuple[int, ...], calls: int = 100, seconds: float = 2
         _turn(s, stt=False)
         for level in levels:
             results = asyncio.run(_burst(s, level))
-            lines.append(_overhead_row(f"burst: {level} turns at the same instant", results, ""))
+            label = f"burst: {level} turn{'s' if level > 1 else ''} at the same instant"
+            lines.append(_overhead_row(label, results, ""))
         results = asyncio.run(_calls(s, calls, seconds))
         lines.append(
             _overhead_row(
