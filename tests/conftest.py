@@ -9,13 +9,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+
+from support.rtpengine_proc import RtpEngineProcess
+from vagent.services.rtpengine import RtpEngineClient
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -157,3 +160,17 @@ def make_stack(tmp_path: Path, **extra: str) -> Stack:
         **extra,
     )
     return Stack(home, env)
+
+
+@pytest.fixture(scope="module")
+def rtpengine() -> Iterator[RtpEngineProcess]:
+    """The real rtpengine daemon on loopback, one per test module."""
+    with RtpEngineProcess() as proc:
+        yield proc
+
+
+@pytest.fixture
+async def client(rtpengine: RtpEngineProcess) -> AsyncIterator[RtpEngineClient]:
+    """An ng client of that daemon."""
+    async with RtpEngineClient.from_address(rtpengine.ng_address, timeout_s=2.0) as ng:
+        yield ng

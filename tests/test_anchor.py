@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -44,18 +44,6 @@ real_daemon = pytest.mark.slow
 
 
 # ------------------------------------------------------------------ fixtures and helpers
-
-
-@pytest.fixture(scope="module")
-def rtpengine() -> Iterator[RtpEngineProcess]:
-    with RtpEngineProcess() as proc:
-        yield proc
-
-
-@pytest.fixture
-async def client(rtpengine: RtpEngineProcess) -> AsyncIterator[RtpEngineClient]:
-    async with RtpEngineClient.from_address(rtpengine.ng_address, timeout_s=2.0) as ng:
-        yield ng
 
 
 @pytest.fixture

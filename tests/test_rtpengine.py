@@ -14,7 +14,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import cast
 
 import pytest
@@ -49,18 +49,6 @@ real_daemon = pytest.mark.slow
 
 
 # ------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def rtpengine() -> Iterator[RtpEngineProcess]:
-    with RtpEngineProcess() as proc:
-        yield proc
-
-
-@pytest.fixture
-async def client(rtpengine: RtpEngineProcess) -> AsyncIterator[RtpEngineClient]:
-    async with RtpEngineClient.from_address(rtpengine.ng_address, timeout_s=2.0) as ng:
-        yield ng
 
 
 def audio_port(sdp: object) -> int:
