@@ -73,9 +73,6 @@ class Envelope:
     def expired(self) -> bool:
         return time.time() >= self.deadline
 
-    def remaining_s(self) -> float:
-        return self.deadline - time.time()
-
     def fields(self) -> dict[str, str | bytes]:
         return {
             "v": str(self.version),

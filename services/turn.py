@@ -71,7 +71,3 @@ def stage_record(served: Served[Any] | None, started: float, **extra: Any) -> di
             record["failed"] = [f"{name}: {reason}" for name, reason in served.failures]
     record.update(extra)
     return record
-
-
-def with_stage(trace: dict[str, Any], stage: str, record: dict[str, Any]) -> dict[str, Any]:
-    return {**trace, stage: record}

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ def healthy(doubles: tuple[AriDouble, OpenAIDouble], stack: Stack) -> Iterator[N
     wait_for(lambda: live_calls(stack) == 0, 10, "every call of the test to be released")
 
 
+@cache  # the same caller phrases recur: synthesize each once
 def speech(text: str) -> bytes:
     return subprocess.run(
         ["espeak-ng", "--stdout", "-v", "en-us+m3", "-s", "150", text],

@@ -137,18 +137,11 @@ async def test_primary_model_500s_the_fallback_model_answers(
     assert result.reply == REPLY
 
 
-async def test_primary_model_hangs_the_fallback_model_answers_in_time(
-    stack: Stack, double: OpenAIDouble
+@pytest.mark.parametrize("fault", ["hang", "stream_silent"])
+async def test_primary_that_hangs_or_streams_nothing_fails_in_time(
+    stack: Stack, double: OpenAIDouble, fault: str
 ) -> None:
-    double.hang("chat", model="gpt-4o")
-    result = await turn(stack, "When are you open?")
-    assert_answered(result, "llm", "fallback", "openai:gpt-4o-mini")
-
-
-async def test_stream_that_sends_nothing_counts_as_a_failure(
-    stack: Stack, double: OpenAIDouble
-) -> None:
-    double.stream_silent("chat", model="gpt-4o")
+    getattr(double, fault)("chat", model="gpt-4o")
     result = await turn(stack, "When are you open?")
     assert_answered(result, "llm", "fallback", "openai:gpt-4o-mini")
 

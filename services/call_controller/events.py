@@ -70,6 +70,7 @@ class AriEvents:
         self._headers = {"Authorization": f"Basic {token}"}
         self.handler = handler
         self.on_connect = on_connect
+        self._reconciling: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.connects = 0
         self.last_error = ""
@@ -107,7 +108,7 @@ class AriEvents:
             metrics.ARI_CONNECTED.set(1)
             log.info("ARI events connected (%s)", self.url)
             if self.on_connect is not None and self.connects > 1:
-                asyncio.get_running_loop().create_task(self.on_connect())
+                self._reconciling = asyncio.create_task(self.on_connect())
             async for frame in socket:
                 event = parse_event(frame)
                 if event is None:

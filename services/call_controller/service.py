@@ -40,8 +40,9 @@ def ari_check(settings: Settings, timeout_s: float) -> tuple[Check, AriClient | 
 
         return Check("ari:info", "component", unconfigured, timeout_s, cache_s=60.0), None
 
+    # One client for the probe and the call flow; the check's own timeout bounds the probe.
     client = AriClient(
-        settings.ari_url, settings.ari_user, settings.ari_password.get_secret_value(), timeout_s
+        settings.ari_url, settings.ari_user, settings.ari_password.get_secret_value()
     )
 
     async def probe() -> CheckResult:
@@ -85,14 +86,13 @@ def rtpengine_check(address: str, timeout_s: float) -> Check:
 
 def build(settings: Settings, store: RedisStore) -> ServiceSpec:
     timeout = settings.health_timeout_s
-    check, probe_client = ari_check(settings, timeout)
+    check, ari = ari_check(settings, timeout)
     spec = ServiceSpec(checks=[check])
     if settings.rtpengine_ng:
         spec.checks.append(rtpengine_check(settings.rtpengine_ng, timeout))
-    if probe_client is None or settings.ari_url is None or settings.ari_password is None:
+    if ari is None or settings.ari_url is None or settings.ari_password is None:
         return spec
     password = settings.ari_password.get_secret_value()
-    ari = AriClient(settings.ari_url, settings.ari_user, password)
     prompts = PromptCache(
         load_responses(settings.fallback_responses), [EspeakTts()], prompts_directory(settings.home)
     )
@@ -121,7 +121,7 @@ def build(settings: Settings, store: RedisStore) -> ServiceSpec:
 
     spec.checks += [events_check(events, controller), breaker_check(ari.dependency.breaker)]
     spec.workers += [events.run, warm_prompts]
-    spec.cleanup += [probe_client.aclose, ari.aclose]
+    spec.cleanup.append(ari.aclose)
     spec.drain = drain
     return spec
 

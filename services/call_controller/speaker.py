@@ -36,7 +36,6 @@ class Speaker:
         self._queue: asyncio.Queue[Piece] = asyncio.Queue()
         self._current: asyncio.Task[None] | None = None
         self._playback_id: str | None = None
-        self.heard_turns: set[str] = set()
 
     @property
     def busy(self) -> bool:
@@ -48,7 +47,6 @@ class Speaker:
     async def run(self) -> None:
         while True:
             piece = await self._queue.get()
-            self.heard_turns.add(piece.turn_id)
             self._current = asyncio.create_task(self._play(piece))
             try:
                 await self._current
