@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     ari_password: SecretStr | None = Field(
         default=None, description="the password of that ari.conf user"
     )
+    asterisk_config_dir: Path = Field(
+        default=Path("/etc/asterisk"),
+        description="the directory holding Asterisk's http.conf and ari.conf (read by doctor)",
+    )
     ari_app: str = Field(
         default="vagent",
         min_length=1,
