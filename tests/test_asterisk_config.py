@@ -19,15 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vagent.cli.doctor import asterisk_checks
-from vagent.cli.doctor.asterisk_checks import (
-    CHECKS,
-    ari_conf,
-    ari_conf_findings,
-    http_conf,
-    http_conf_findings,
-    predict,
-)
+from vagent.cli.doctor import asterisk_checks, asterisk_model
+from vagent.cli.doctor.asterisk_checks import CHECKS, ari_conf_findings, http_conf_findings
 from vagent.cli.doctor.asterisk_conf import (
     ConfigFile,
     ConfigParseError,
@@ -36,6 +29,7 @@ from vagent.cli.doctor.asterisk_conf import (
     parse_config,
     shown,
 )
+from vagent.cli.doctor.asterisk_model import ari_conf, http_conf, predict
 from vagent.cli.doctor.model import DoctorContext, Finding, exit_code
 from vagent.services.config import Settings
 
@@ -343,13 +337,13 @@ def test_model_matches_asterisk_cli(tmp_path: Path, variant: str) -> None:
     """`http show status`, `ari show status` and `ari show users`, as the model sees them."""
     result = RESULTS[variant]
     config_dir = variant_dir(tmp_path, variant)
-    http = http_conf(asterisk_checks._load(config_dir, "http.conf"))
+    http = http_conf(asterisk_model._load(config_dir, "http.conf"))
     bound = re.search(r"Server Enabled and Bound to (\S+):(\d+)", result["http show status"])
     assert http.listening == (bound is not None)
     if bound:
         assert (http.host, http.bound_port) == (bound.group(1), int(bound.group(2)))
 
-    ari = ari_conf(asterisk_checks._load(config_dir, "ari.conf"))
+    ari = ari_conf(asterisk_model._load(config_dir, "ari.conf"))
     status = result["ari show status"]
     assert (ari.general is not None) == status.startswith("ARI Status:")
     assert ari.served == ("Enabled: Yes" in status)
@@ -463,7 +457,7 @@ def test_crypt_hash_is_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert hashed is not None
     wrong = by_id(findings_for(make_settings(config_dir, ari_password=hashed)))
     assert wrong["ari_conf.password_match"].status == "fail"
-    monkeypatch.setattr(asterisk_checks, "_crypt_function", lambda: None)
+    monkeypatch.setattr(asterisk_model, "_crypt_function", lambda: None)
     unknown = by_id(findings_for(make_settings(config_dir)))
     assert unknown["ari_conf.password_match"].status == "unknown"
     assert unknown["ari_conf.password_default"].status == "unknown"
