@@ -24,10 +24,14 @@ from typing import Any, cast
 from supervisor.xmlrpc import SupervisorTransport
 
 from vagent.services.config import ENV_FILE_VARIABLE, SERVICES, Settings, env_file
+from vagent.services.control import write_token
 
 STOP_MARGIN_S = 10  # supervisord waits the drain bound plus this before it kills
 
 _SPAWNED = re.compile(r"spawned: '([^']+)' with pid")
+_EXITED = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ \w+ exited: (\S+) \((.*)\)$", re.MULTILINE
+)
 _STARTED = "supervisord started with pid"
 
 
@@ -103,7 +107,7 @@ class Supervisor:
             return False
 
     def prepare(self, nodaemon: bool) -> None:
-        """Create the run and log dirs (0700) and write the config (0600)."""
+        """Create the run and log dirs (0700), write the config and a fresh control token (0600)."""
         if self.settings.embedded_redis and shutil.which("redis-server") is None:
             raise SupervisorError(
                 "redis-server is not installed: run `apt-get install redis-server`, "
@@ -115,6 +119,7 @@ class Supervisor:
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(render_config(self.settings, nodaemon))
+        write_token(self.settings)
 
     def environment(self) -> dict[str, str]:
         """What the services inherit: the admin's environment plus where to find the rest."""
@@ -172,6 +177,22 @@ class Supervisor:
         for name in _SPAWNED.findall(log[max(start, 0) :]):
             spawns[name] = spawns.get(name, 0) + 1
         return {name: max(0, count - 1) for name, count in spawns.items()}
+
+    def exits_since(self, since: float) -> dict[str, list[str]]:
+        """Exits nobody asked for, per program, logged at or after `since` (epoch seconds):
+        the reason of each, oldest first (`terminated by SIGKILL; not expected`).
+
+        A crash loop shows as `exited:` lines in supervisord's main log; a stop
+        that `vagent restart` or `down` requested logs `stopped:` instead, so an
+        admin's restarts are not mistaken for crashes. supervisord stamps its log
+        in local time, to the second.
+        """
+        log = cast(str, self.rpc().readLog(-200_000, 0))
+        exits: dict[str, list[str]] = {}
+        for stamp, name, reason in _EXITED.findall(log):
+            if time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) >= since:
+                exits.setdefault(name, []).append(reason)
+        return exits
 
     def tail(self, name: str, offset: int, length: int) -> tuple[str, int]:
         data, new_offset, _overflow = self.rpc().tailProcessStdoutLog(name, offset, length)

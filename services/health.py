@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from vagent.services import metrics
+from vagent.services.faults import FAULTS
 from vagent.services.resilience import AsyncBreaker
 
 CheckStatus = Literal["pass", "warn", "fail"]
@@ -41,7 +42,9 @@ class CheckResult:
 class Check:
     """One dependency check. `failure` is what an exception or a timeout means:
     "fail" when the service cannot work without the dependency, "warn" when a
-    fallback keeps it serving."""
+    fallback keeps it serving. `dependency` names what the probe asks, for a
+    probe that bypasses the policy layer: a drill on it fails the probe
+    exactly like the real outage."""
 
     name: str
     component_type: str
@@ -49,6 +52,7 @@ class Check:
     timeout_s: float = 1.0
     cache_s: float = 1.0
     failure: CheckStatus = "fail"
+    dependency: str | None = None
     _last: CheckResult | None = field(default=None, init=False, repr=False)
     _last_time: str = field(default="", init=False, repr=False)
     _last_at: float = field(default=float("-inf"), init=False, repr=False)
@@ -65,7 +69,7 @@ class Check:
 
     async def _run(self) -> CheckResult:
         try:
-            result = await asyncio.wait_for(self.probe(), self.timeout_s)
+            result = await asyncio.wait_for(self._probe(), self.timeout_s)
         except TimeoutError:
             result = CheckResult(self.failure, f"no answer within {self.timeout_s:g}s")
         except CheckFailed as exc:
@@ -76,6 +80,11 @@ class Check:
         self._last_time = datetime.now(UTC).isoformat(timespec="milliseconds")
         metrics.HEALTH_CHECK_STATUS.labels(self.name).set(_STATUS_RANK[result.status])
         return result
+
+    async def _probe(self) -> CheckResult:
+        if self.dependency is not None:
+            await FAULTS.before(self.dependency, self.timeout_s)
+        return await self.probe()
 
 
 def aggregate(statuses: list[CheckStatus]) -> ServiceStatus:
@@ -139,7 +148,12 @@ FALLBACK_WINDOW_S = 60.0
 
 
 class ServingTracker:
-    """Remembers who served a stage lately, so /health can say "degraded: on a fallback"."""
+    """Remembers who served a stage lately, so /health can say "degraded: on a fallback".
+
+    A fallback is remembered until a turn is served by the expected provider
+    again, or for `FALLBACK_WINDOW_S` when no turn comes: after an outage (or
+    a drill) the first turn on the primary makes the stage pass again.
+    """
 
     def __init__(self, stage: str, expected_kind: str) -> None:
         self.stage = stage
@@ -148,9 +162,11 @@ class ServingTracker:
 
     def record(self, kind: str, provider: str, failures: tuple[tuple[str, str], ...]) -> None:
         metrics.SERVED.labels(self.stage, kind).inc()
-        if kind != self.expected_kind:
-            failed = ", ".join(f"{name}: {reason}" for name, reason in failures)
-            self._last_fallback = (time.monotonic(), f"{provider} ({failed or 'by design'})")
+        if kind == self.expected_kind:
+            self._last_fallback = None
+            return
+        failed = ", ".join(f"{name}: {reason}" for name, reason in failures)
+        self._last_fallback = (time.monotonic(), f"{provider} ({failed or 'by design'})")
 
     def check(self) -> Check:
         async def probe() -> CheckResult:

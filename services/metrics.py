@@ -111,7 +111,31 @@ FIRST_AUDIO_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0),
     registry=REGISTRY,
 )
+DRILL_FAULTS_ACTIVE = Gauge(
+    "vagent_drill_faults_active",
+    "1 while a drill (vagent simulate-failure) faults this target in this service.",
+    ["target"],
+    registry=REGISTRY,
+)
+DRILL_FAULTS = Counter(
+    "vagent_drill_faults_total",
+    "Drills injected into this service, by target and mode (error, timeout, slow).",
+    ["target", "mode"],
+    registry=REGISTRY,
+)
 
 
 def render() -> bytes:
     return generate_latest(REGISTRY)
+
+
+# One counter for every parser of outside input, so one graph shows what the
+# world sent that vagent refused. `reason` is a short fixed label chosen by the
+# parser, never the input itself (unbounded label values would blow up Prometheus).
+REJECTED_INPUT = Counter(
+    "vagent_rejected_input_total",
+    "Outside input refused as malformed, by source (ari_event, rtp, rtpengine, bus, openai) "
+    "and reason.",
+    ["source", "reason"],
+    registry=REGISTRY,
+)

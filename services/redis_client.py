@@ -74,5 +74,12 @@ class RedisStore:
         async def probe() -> CheckResult:
             return CheckResult("pass", "PONG", await self.ping_ms(), "ms")
 
-        ping = Check("redis:ping", "datastore", probe, timeout_s=timeout_s, cache_s=1.0)
+        ping = Check(
+            "redis:ping",
+            "datastore",
+            probe,
+            timeout_s=timeout_s,
+            cache_s=1.0,
+            dependency=self.dependency.policy.name,
+        )
         return [ping, breaker_check(self.dependency.breaker)]

@@ -10,7 +10,12 @@ Services declare a `Policy` per dependency and call it through a
 * permanent errors (a refused key, an unknown model) are not retried and
   open the breaker at once: the dependency is unusable until someone fixes it;
 * each dependency has one pybreaker breaker, driven correctly from asyncio
-  (see `AsyncBreaker`).
+  (see `AsyncBreaker`);
+* drills (`vagent simulate-failure`) enter here: every attempt, and every
+  link of a fallback chain, first meets `FAULTS.before` (faults.py lists the
+  other places), so a simulated outage is retried, counted and fallen back
+  from exactly like a real one. When a drill ends, the breakers it opened are
+  reset (`reset_breakers`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -38,6 +44,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from vagent.services import metrics
+from vagent.services.faults import FAULTS
 
 log = logging.getLogger("vagent.resilience")
 
@@ -146,6 +153,11 @@ class AsyncBreaker:
     def fail_count(self) -> int:
         return int(self._breaker.fail_counter)
 
+    @property
+    def failing_fast(self) -> bool:
+        """Open, and not yet ready for a trial call: calls fail without being sent."""
+        return self.state == "open" and self.retry_in() > 0
+
     def retry_in(self) -> float:
         """Seconds until an open breaker lets a trial call through (0 when not open)."""
         if self.state != "open" or self._opened_at is None:
@@ -154,7 +166,7 @@ class AsyncBreaker:
 
     def admit(self) -> None:
         """Fail fast while open; after the reset timeout let a trial call through."""
-        if self.state == "open" and self.retry_in() > 0:
+        if self.failing_fast:
             raise BreakerOpenError(
                 f"{self.name}: circuit open, next trial in {self.retry_in():.1f}s"
             )
@@ -229,6 +241,7 @@ class Dependency:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.breaker = AsyncBreaker(policy.name, policy.fail_max, policy.reset_timeout_s)
+        _LIVE.add(self)
 
     async def call(
         self, operation: Callable[[], Awaitable[T]], *, deadline: float | None = None
@@ -258,6 +271,7 @@ class Dependency:
             timeout = min(timeout, remaining)
         try:
             async with asyncio.timeout(timeout):
+                await FAULTS.before(self.policy.name, timeout)
                 return await operation()
         except TimeoutError:
             self._count(ErrorKind.DEADLINE if cut_by_deadline else ErrorKind.TRANSIENT)
@@ -272,6 +286,26 @@ class Dependency:
 
     def _count(self, kind: ErrorKind) -> None:
         metrics.DEPENDENCY_FAILURES.labels(self.policy.name, kind.value).inc()
+
+
+_LIVE: weakref.WeakSet[Dependency] = weakref.WeakSet()
+
+
+def reset_breakers(names: Iterable[str]) -> None:
+    """Close the breakers of the live dependencies called `names`.
+
+    A drill that ends must not leave the service degraded: the breakers it
+    opened say nothing about the real dependency. (If it is really down too,
+    the next calls open the breaker again.)
+    """
+    wanted = set(names)
+    for dependency in list(_LIVE):
+        if dependency.policy.name in wanted and dependency.breaker.state != "closed":
+            log.info("breaker %s: reset, the drill is over", dependency.policy.name)
+            dependency.breaker.reset()
+
+
+FAULTS.on_release(reset_breakers)
 
 
 def time_left(deadline: float, name: str) -> float:
@@ -325,12 +359,14 @@ async def walk(stage: str, links: list[Link[T]], deadline: float) -> Served[T]:
     Each link must finish before the deadline minus what the links after it
     need, so a hanging primary can never eat the time of the local fallback.
     A link behind an open breaker fails at once: the next one starts with no
-    added wait.
+    added wait. A drill on a link (a local engine has no `Dependency`) meets it
+    here, bounded by the link's deadline like the link itself.
     """
     failures: list[tuple[str, str]] = []
     for index, link in enumerate(links):
         link_deadline = deadline - sum(later.floor_s for later in links[index + 1 :])
         try:
+            await FAULTS.before(link.name, link_deadline - time.time())
             value = await link.run(link_deadline)
         except asyncio.CancelledError:
             raise

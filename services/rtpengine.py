@@ -23,6 +23,10 @@ Why things are the way they are:
   cookie must not disturb the requests in flight.
 * **Typed errors.** :class:`RtpEngineError` has subclasses that say whether a
   retry can help (``transient``), for the shared resilience policy layer.
+* **Drills enter in** :meth:`RtpEngineClient.request`, the one place every ng
+  command passes, and leave as the errors a real outage gives (a refused
+  socket, or no answer within ``timeout_s``): media anchoring then falls back
+  to direct RTP and the ``rtpengine:ping`` check degrades, as they would.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Final
 
+from . import metrics
 from .bencode import BencodeError, BValue, decode, encode
+from .faults import FAULTS, SimulatedFailure
 
 __all__ = [
     "RtpEngineClient",
@@ -191,6 +197,9 @@ class RtpEngineClient:
     :meth:`close`; the socket is opened lazily on the first request.
     """
 
+    #: The dependency name drills and health know rtpengine by.
+    name: Final = "rtpengine"
+
     def __init__(
         self,
         host: str,
@@ -251,8 +260,9 @@ class RtpEngineClient:
         reply = await self.request("ping")
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         if reply.get("result") != "pong":
-            raise RtpEngineProtocolError(
-                f"rtpengine at {self.address} answered ping with {reply.get('result')!r}, "
+            raise _protocol_error(
+                "not_pong",
+                f"rtpengine at {self.address} answered ping with {reply.get('result')!r:.60}, "
                 "expected 'pong'",
                 command="ping",
             )
@@ -300,8 +310,10 @@ class RtpEngineClient:
     def _require_sdp(self, command: str, reply: dict[str, object]) -> dict[str, object]:
         """An ok offer/answer reply without an SDP is useless to the caller: say so."""
         if not isinstance(reply.get("sdp"), str):
-            raise RtpEngineProtocolError(
-                f"rtpengine {command} reply from {self.address} has no text 'sdp'", command=command
+            raise _protocol_error(
+                "no_sdp",
+                f"rtpengine {command} reply from {self.address} has no text 'sdp'",
+                command,
             )
         return reply
 
@@ -324,10 +336,27 @@ class RtpEngineClient:
             body = encode(message)
         except BencodeError as exc:
             raise ValueError(f"rtpengine {command}: cannot encode parameters: {exc}") from None
+        await self._drill(command)
         payload = await self._exchange(command, body)
         reply = self._decode_reply(command, payload)
         self._check_result(command, reply)
         return reply
+
+    async def _drill(self, command: str) -> None:
+        """A drill on rtpengine, raised as the error the real outage would give."""
+        try:
+            await FAULTS.before(self.name, self.timeout_s)
+        except SimulatedFailure as exc:
+            raise RtpEngineConnectionError(
+                f"rtpengine at {self.address} unreachable during {command!r}: {exc}",
+                command=command,
+            ) from exc
+        except TimeoutError as exc:
+            raise RtpEngineTimeoutError(
+                f"rtpengine at {self.address} did not answer {command!r} within "
+                f"{self.timeout_s:g} s: {exc}",
+                command=command,
+            ) from exc
 
     async def _exchange(self, command: str, body: bytes) -> bytes:
         """Send ``body`` under a fresh cookie, resending until a reply or the timeout."""
@@ -375,15 +404,17 @@ class RtpEngineClient:
         try:
             raw = decode(payload)
         except BencodeError as exc:
-            raise RtpEngineProtocolError(
+            raise _protocol_error(
+                "undecodable",
                 f"rtpengine at {self.address} sent an undecodable reply to {command!r}: {exc}",
-                command=command,
+                command,
             ) from exc
         if not isinstance(raw, dict):
-            raise RtpEngineProtocolError(
+            raise _protocol_error(
+                "not_a_dictionary",
                 f"rtpengine at {self.address} replied to {command!r} with a "
                 f"{type(raw).__name__}, expected a dictionary",
-                command=command,
+                command,
             )
         return {_text_key(key): _textify(value) for key, value in raw.items()}
 
@@ -396,9 +427,10 @@ class RtpEngineClient:
                 f"rtpengine {command} failed: {reason}", command=command, reason=reason
             )
         if result is None:
-            raise RtpEngineProtocolError(
+            raise _protocol_error(
+                "no_result",
                 f"rtpengine at {self.address} replied to {command!r} without a 'result'",
-                command=command,
+                command,
             )
         warning = reply.get("warning")
         if warning is not None:
@@ -485,6 +517,12 @@ def _as_flag_list(value: object) -> list[object]:
     if isinstance(value, list | tuple):
         return list(value)
     raise ValueError(f"flags must be a string or a list of strings, got {type(value).__name__}")
+
+
+def _protocol_error(reason: str, message: str, command: str) -> RtpEngineProtocolError:
+    """A reply that is not a valid ng reply, counted by ``reason`` for /metrics."""
+    metrics.REJECTED_INPUT.labels("rtpengine", reason).inc()
+    return RtpEngineProtocolError(message, command=command)
 
 
 def _is_refused(exc: OSError) -> bool:

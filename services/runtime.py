@@ -1,8 +1,9 @@
 """What every service process has in common: settings, logs, the HTTP app,
 its asyncio workers, and a clean exit.
 
-A service module only declares a `ServiceSpec` (its checks and workers);
-`serve` does the rest, so the four processes behave alike under supervisord.
+A service module only declares a `ServiceSpec` (its checks, workers and
+drill targets); `serve` does the rest, so the four processes behave alike
+under supervisord: /health, /metrics, and the control API (control.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI, Response
@@ -25,9 +26,11 @@ from vagent import __version__
 from vagent.services import metrics
 from vagent.services.bus import Bus, Consumer, ConsumerConfig, Handler
 from vagent.services.config import ConfigError, Settings, load_settings
+from vagent.services.control import ControlApi, drill_check, token_path
 from vagent.services.health import Check, CheckResult, CheckStatus, HealthMonitor, http_status
 from vagent.services.logs import configure_logging
 from vagent.services.redis_client import RedisStore
+from vagent.services.resilience import Dependency
 
 log = logging.getLogger("vagent.runtime")
 
@@ -41,12 +44,14 @@ Job = Callable[[], Coroutine[Any, Any, None]]
 
 @dataclass
 class ServiceSpec:
-    """What a service declares: its dependency checks, workers and cleanup."""
+    """What a service declares: its dependency checks, workers and cleanup, and
+    which of its dependencies each drill target faults (`redis` is added for all)."""
 
     checks: list[Check]
     workers: list[Job] = field(default_factory=list)
     cleanup: list[Job] = field(default_factory=list)
     drain: Job | None = None  # on shutdown, while the workers still run
+    fault_targets: dict[str, list[str]] = field(default_factory=dict)
 
 
 Builder = Callable[[Settings, RedisStore], ServiceSpec]
@@ -65,6 +70,17 @@ def local_engine_check(
     """Without a key the local engine is all there is (fail); with one it is a fallback (warn)."""
     failure: CheckStatus = "warn" if settings.uses_openai else "fail"
     return Check(name, "component", probe, settings.health_timeout_s, 10.0, failure)
+
+
+class Engine(Protocol):
+    name: str
+
+
+def drill_name(engine: Engine) -> str:
+    """The name a drill faults a provider by: its policy's dependency when it has one,
+    else the engine itself (a local engine meets the drill in `walk`, by link name)."""
+    dependency = getattr(engine, "dependency", None)
+    return dependency.policy.name if isinstance(dependency, Dependency) else engine.name
 
 
 def instance_id(service: str) -> str:
@@ -98,8 +114,10 @@ def consumer_worker(service: str, store: RedisStore, stream: str, handler: Handl
     return Consumer(Bus(store), config, handler).run
 
 
-def create_app(service: str, monitor: HealthMonitor) -> FastAPI:
+def create_app(service: str, monitor: HealthMonitor, control: ControlApi | None = None) -> FastAPI:
     app = FastAPI(title=f"vagent {service}", version=__version__, docs_url=None, redoc_url=None)
+    if control is not None:
+        control.mount(app)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -134,8 +152,10 @@ async def _run_workers(workers: list[Job]) -> None:
 async def _serve(service: str, settings: Settings, build: Builder) -> None:
     store = RedisStore(settings.effective_redis_url)
     spec = build(settings, store)
-    checks = store.checks(settings.health_timeout_s) + spec.checks
+    checks = [*store.checks(settings.health_timeout_s), *spec.checks, drill_check()]
     monitor = HealthMonitor(service, __version__, checks)
+    targets = {"redis": [store.dependency.policy.name], **spec.fault_targets}
+    control = ControlApi(service, targets, token_path(settings))
     workers = [heartbeat_worker(service, store), *spec.workers]
 
     @asynccontextmanager
@@ -152,7 +172,7 @@ async def _serve(service: str, settings: Settings, build: Builder) -> None:
                 await cleanup()
             await store.close()
 
-    app = create_app(service, monitor)
+    app = create_app(service, monitor, control)
     app.router.lifespan_context = lifespan
     config = uvicorn.Config(
         app,

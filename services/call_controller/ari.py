@@ -7,11 +7,14 @@ admin sees what Asterisk said, not just a status code.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
 
 from vagent.services.resilience import Dependency, DependencyError, ErrorKind, Policy
+
+log = logging.getLogger("vagent.ari")
 
 ARI_POLICY = Policy(
     name="ari",
@@ -95,6 +98,20 @@ class AriClient:
 
     async def continue_in_dialplan(self, channel_id: str) -> None:
         await self.call("POST", f"/channels/{channel_id}/continue")
+
+    async def hand_back(self, channel_id: str) -> None:
+        """Send a caller we cannot serve back to the dialplan: one plain request, never raises.
+
+        Outside the breaker and the drill hook on purpose: while the breaker
+        protects Asterisk from call-control traffic we cannot complete, a
+        caller stuck in Stasis with nobody serving it is worse than one more
+        request; and exactly one, no retries, so a sick Asterisk is not
+        hammered. A failure is only logged: there is nothing better to do.
+        """
+        try:
+            await self.request("POST", f"/channels/{channel_id}/continue")
+        except Exception as exc:
+            log.warning("could not hand %s back to the dialplan: %s", channel_id, exc)
 
     async def request(self, method: str, path: str, **params: Any) -> Any:
         try:

@@ -80,7 +80,12 @@ class Call:
         self.ended = asyncio.Event()
 
     async def run(self) -> None:
-        """The whole call; returns when the caller hangs up (or is handed back)."""
+        """The whole call; returns when the caller hangs up (or is handed back).
+
+        Raises what broke the call (an ARI request that failed during the
+        set-up, say), once everything is released, unless the caller hung up:
+        the controller then hands the caller back to the dialplan.
+        """
         token = call_id_var.set(self.channel_id)
         metrics.ACTIVE_CALLS.inc()
         live = asyncio.create_task(self._live())
@@ -93,6 +98,9 @@ class Call:
             await self._release()
             metrics.ACTIVE_CALLS.dec()
             call_id_var.reset(token)
+        error = live.exception() if live.done() and not live.cancelled() else None
+        if error is not None and not self.ended.is_set():  # after a hangup: nobody to hand back
+            raise error
 
     async def _live(self) -> None:
         speaker = await self._connect()

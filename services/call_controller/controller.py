@@ -4,12 +4,17 @@ On shutdown the controller drains: a new caller goes back to the dialplan
 (someone else answers), live calls get `drain_s` to finish, then the rest
 are handed back too. After Asterisk restarts, calls whose channels are gone
 are released.
+
+While the ARI breaker is open (Asterisk keeps failing our requests, or a
+drill says so), a new caller is not set up at all: the breaker protects
+Asterisk from call-control traffic we cannot complete, and a caller we
+cannot serve gets exactly one plain request back to the dialplan
+(`AriClient.hand_back`). A call that fails is handed back the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -43,16 +48,25 @@ class Controller:
         channel_id = str(channel["id"])
         if str(channel.get("name", "")).startswith("UnicastRTP/") or channel_id in self.calls:
             return  # our own media channel, or a duplicate event
-        if self.draining:
+        refusal = self._refusal()
+        if refusal is not None:
             metrics.CALL_EVENTS.labels("refused").inc()
-            log.info("draining: %s goes back to the dialplan", channel_id)
-            with contextlib.suppress(Exception):
-                await self.ctx.ari.continue_in_dialplan(channel_id)
+            log.warning("%s: %s goes back to the dialplan", refusal, channel_id)
+            await self.ctx.ari.hand_back(channel_id)
             return
         call = Call(self.ctx, channel)
         self.calls[channel_id] = call
         task = asyncio.create_task(self._run(call))
         self._tasks[channel_id] = task
+
+    def _refusal(self) -> str | None:
+        """Why a new caller cannot be served now, or None."""
+        if self.draining:
+            return "draining"
+        breaker = self.ctx.ari.dependency.breaker
+        if breaker.failing_fast:
+            return f"ARI breaker open (next trial in {breaker.retry_in():.0f}s)"
+        return None
 
     async def _run(self, call: Call) -> None:
         try:
@@ -61,8 +75,7 @@ class Controller:
             raise
         except Exception:
             log.exception("call %s failed", call.channel_id)
-            with contextlib.suppress(Exception):
-                await self.ctx.ari.continue_in_dialplan(call.channel_id)
+            await self.ctx.ari.hand_back(call.channel_id)
         finally:
             self.calls.pop(call.channel_id, None)
             self._tasks.pop(call.channel_id, None)
@@ -83,8 +96,7 @@ class Controller:
         if tasks:
             await asyncio.wait(tasks, timeout=bound_s)
         for call in list(self.calls.values()):
-            with contextlib.suppress(Exception):
-                await self.ctx.ari.continue_in_dialplan(call.channel_id)
+            await self.ctx.ari.hand_back(call.channel_id)
             call.hangup()
         remaining = list(self._tasks.values())
         if remaining:

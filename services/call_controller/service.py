@@ -15,7 +15,7 @@ from vagent.services.call_controller.call import CallContext
 from vagent.services.call_controller.controller import Controller
 from vagent.services.call_controller.events import AriEvents
 from vagent.services.config import Settings
-from vagent.services.health import Check, CheckResult, breaker_check
+from vagent.services.health import Check, CheckFailed, CheckResult, breaker_check
 from vagent.services.redis_client import RedisStore
 from vagent.services.responses import load_responses
 from vagent.services.rtpengine import RtpEngineClient, RtpEngineError, parse_ng_address
@@ -55,7 +55,15 @@ def ari_check(settings: Settings, timeout_s: float) -> tuple[Check, AriClient | 
         version = info.get("system", {}).get("version", "unknown")
         return CheckResult("pass", f"Asterisk {version}", ms, "ms")
 
-    return Check("ari:info", "component", probe, timeout_s, cache_s=1.0), client
+    check = Check(
+        "ari:info",
+        "component",
+        probe,
+        timeout_s,
+        cache_s=1.0,
+        dependency=client.dependency.policy.name,
+    )
+    return check, client
 
 
 def events_check(events: AriEvents, controller: Controller) -> Check:
@@ -72,6 +80,11 @@ def events_check(events: AriEvents, controller: Controller) -> Check:
 
 
 def rtpengine_check(address: str, timeout_s: float) -> Check:
+    """rtpengine down is a warning: every call falls back to direct RTP (degraded, not down).
+
+    A drill on rtpengine reaches this probe through `RtpEngineClient.request`,
+    like every ng command, so the check names no `dependency` of its own.
+    """
     host, port = parse_ng_address(address)
     client = RtpEngineClient(host, port, timeout_s)
 
@@ -79,9 +92,9 @@ def rtpengine_check(address: str, timeout_s: float) -> Check:
         try:
             return CheckResult("pass", "pong", await client.ping(), "ms")
         except RtpEngineError as exc:
-            return CheckResult("fail", f"rtpengine at {address}: {exc}")
+            raise CheckFailed(f"rtpengine at {address}: {exc}") from None
 
-    return Check("rtpengine:ping", "component", probe, timeout_s, cache_s=1.0)
+    return Check("rtpengine:ping", "component", probe, timeout_s, cache_s=1.0, failure="warn")
 
 
 def build(settings: Settings, store: RedisStore) -> ServiceSpec:
@@ -90,8 +103,10 @@ def build(settings: Settings, store: RedisStore) -> ServiceSpec:
     spec = ServiceSpec(checks=[check])
     if settings.rtpengine_ng:
         spec.checks.append(rtpengine_check(settings.rtpengine_ng, timeout))
+        spec.fault_targets["rtpengine"] = [RtpEngineClient.name]
     if ari is None or settings.ari_url is None or settings.ari_password is None:
         return spec
+    spec.fault_targets["ari"] = [ari.dependency.policy.name]
     password = settings.ari_password.get_secret_value()
     prompts = PromptCache(
         load_responses(settings.fallback_responses), [EspeakTts()], prompts_directory(settings.home)

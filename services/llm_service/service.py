@@ -148,13 +148,17 @@ def build(settings: Settings, store: RedisStore) -> ServiceSpec:
         Bus(store), History(store), engines, responses, tracker, settings.turn_budget_ms / 1000
     )
     checks = [scripted_check(settings), tracker.check()]
-    if settings.uses_openai:
+    spec = ServiceSpec(checks=checks, workers=[consumer_worker(NAME, store, LLM, worker.handle)])
+    chat = [e.dependency for e in engines if isinstance(e, OpenAIChat)]
+    if chat:  # without a key the scripted responder is all there is: nothing to drill
         models = [settings.llm_model, *settings.fallback_models]
         checks.insert(0, openai_check(settings, models, settings.health_timeout_s))
-        checks += [
-            breaker_check(e.dependency.breaker) for e in engines if isinstance(e, OpenAIChat)
-        ]
-    return ServiceSpec(checks=checks, workers=[consumer_worker(NAME, store, LLM, worker.handle)])
+        checks += [breaker_check(dependency.breaker) for dependency in chat]
+        spec.fault_targets = {
+            "llm": [chat[0].policy.name],
+            "llm-all": [dependency.policy.name for dependency in chat],
+        }
+    return spec
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from vagent.services.resilience import ChainExhausted, Link, walk
 from vagent.services.runtime import (
     ServiceSpec,
     consumer_worker,
+    drill_name,
     embedded_note,
     local_engine_check,
     serve,
@@ -133,7 +134,9 @@ def build(settings: Settings, store: RedisStore) -> ServiceSpec:
         checks.insert(0, openai_check(settings, [settings.stt_model], settings.health_timeout_s))
         checks += [breaker_check(e.dependency.breaker) for e in engines if isinstance(e, OpenAIStt)]
     workers = [consumer_worker(NAME, store, STT, worker.handle), local.warm]
-    return ServiceSpec(checks=checks, workers=workers)
+    # Every recognizer: the caller then hears the ERROR_STT prompt.
+    targets = {"stt": [drill_name(engine) for engine in engines]}
+    return ServiceSpec(checks=checks, workers=workers, fault_targets=targets)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from vagent.services.responses import load_responses
 from vagent.services.runtime import (
     ServiceSpec,
     consumer_worker,
+    drill_name,
     embedded_note,
     local_engine_check,
     serve,
@@ -184,7 +185,10 @@ def build(settings: Settings, store: RedisStore) -> ServiceSpec:
         checks.insert(0, openai_check(settings, [settings.tts_model], settings.health_timeout_s))
         checks += [breaker_check(e.dependency.breaker) for e in engines if isinstance(e, OpenAITts)]
     workers = [consumer_worker(NAME, store, TTS, worker.handle), warm_prompts]
-    return ServiceSpec(checks=checks, workers=workers)
+    # The first engine only: the drill shows the next provider serving (espeak-ng, or
+    # Asterisk characters:).
+    targets = {"tts": [drill_name(engines[0])]}
+    return ServiceSpec(checks=checks, workers=workers, fault_targets=targets)
 
 
 def main() -> None:
