@@ -234,5 +234,6 @@ class _Decoder:
                 raise BencodeError(f"dictionary key at offset {pos} is not a string")
             key, pos = self.parse_bytes(pos)
             if key in result:
-                raise BencodeError(f"duplicate dictionary key {key!r}")
+                # Cut: a key can be as long as the datagram, the message must stay readable.
+                raise BencodeError(f"duplicate dictionary key {key[:40]!r} ({len(key)} bytes)")
             result[key], pos = self.parse_value(pos, depth + 1)

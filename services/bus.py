@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -111,16 +112,24 @@ def decode(fields: dict[bytes, bytes]) -> Envelope:
         deadline = float(text["deadline"])
         budget_at = float(text.get("budget_at", text["deadline"]))
         body = json.loads(text.get("body", b"{}") or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PoisonMessage(f"undecodable field: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        # UnicodeDecodeError is a ValueError; RecursionError is a body nested
+        # deeper than the interpreter's stack, which json.loads does not catch.
+        raise PoisonMessage(f"undecodable field: {str(exc)[:200]}") from None
     if version != SCHEMA_VERSION:
         raise PoisonMessage(f"schema version {version}, this consumer reads {SCHEMA_VERSION}")
+    if not (math.isfinite(deadline) and math.isfinite(budget_at)):
+        # NaN or infinity never passes: such work would never be skipped as late.
+        raise PoisonMessage("deadline and budget_at must be finite epoch seconds")
     if not isinstance(body, dict):
         raise PoisonMessage("body is not a JSON object")
     try:
         ids = [text[k].decode() for k in ("call_id", "turn_id", "msg_id")]
     except UnicodeDecodeError:
         raise PoisonMessage("ids are not UTF-8") from None
+    if not all(ids):
+        # An empty msg_id would make every such entry a "duplicate" of the first.
+        raise PoisonMessage("call_id, turn_id and msg_id must not be empty")
     audio = text.get("audio", b"")
     return Envelope(ids[0], ids[1], deadline, ids[2], body, audio, version, budget_at)
 
@@ -304,6 +313,7 @@ class Consumer:
         try:
             envelope = decode(fields)
         except PoisonMessage as exc:
+            metrics.REJECTED_INPUT.labels("bus", "undecodable").inc()
             await self._dead(entry_id, fields, f"undecodable: {exc}")
             return
         token = call_id_var.set(envelope.call_id)

@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vagent.services.rtpengine import parse_ng_address
+
 SERVICES: tuple[str, ...] = ("call_controller", "stt_service", "llm_service", "tts_service")
 
 ENV_FILE_VARIABLE = "VAGENT_ENV_FILE"
@@ -145,6 +147,25 @@ class Settings(BaseSettings):
         default=1.0, gt=0, le=30, description="seconds (0 < value <= 30) each health check may take"
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _text(cls, value: object) -> object:
+        """Refuse what no file name, URL, header or argument can carry.
+
+        Bytes of the environment that are not UTF-8 arrive as lone surrogates
+        and a `.env` line may hold a NUL; both pass a `str` field and then
+        fail far away (a password in an Authorization header, a directory
+        name), so they stop here, named, instead.
+        """
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise ValueError("contains a NUL character")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("contains bytes that are not UTF-8") from None
+        return value
+
     @field_validator("ari_url", "openai_base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -167,11 +188,10 @@ class Settings(BaseSettings):
     @field_validator("rtpengine_ng")
     @classmethod
     def _host_port(cls, value: str | None) -> str | None:
+        """The ng client's own parser: what passes here, the controller can use."""
         if value is None or value == "":
             return None
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be host:port")
+        parse_ng_address(value)
         return value
 
     @model_validator(mode="after")
@@ -261,10 +281,22 @@ def env_file() -> Path | None:
 
 def load_settings() -> Settings:
     """Read settings, or raise ConfigError with a message an admin can act on."""
-    path = env_file()
-    if path is not None and not path.is_file():
-        raise ConfigError(f"{ENV_FILE_VARIABLE} points to {path}, which is not a readable file.")
+    path = None
     try:
+        path = env_file()
+        if path is not None and not path.is_file():
+            raise ConfigError(
+                f"{ENV_FILE_VARIABLE} points to {path}, which is not a readable file."
+            )
         return Settings(_env_file=path)
     except ValidationError as error:
         raise ConfigError(_describe(error)) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"the settings file {path} is not UTF-8 text (byte {error.start}): save it as UTF-8."
+        ) from None
+    except OSError as error:
+        raise ConfigError(
+            f"cannot read the settings file ({ENV_FILE_VARIABLE} or ./.env): "
+            f"{error.strerror or error}."
+        ) from None

@@ -424,7 +424,7 @@ class RtpEngineClient:
         if result == "error":
             reason = str(reply.get("error-reason", "no error-reason given"))
             raise RtpEngineReplyError(
-                f"rtpengine {command} failed: {reason}", command=command, reason=reason
+                f"rtpengine {command} failed: {reason:.200}", command=command, reason=reason
             )
         if result is None:
             raise _protocol_error(
@@ -438,7 +438,7 @@ class RtpEngineClient:
             # racing the other side); anything else is worth an operator's look.
             routine = command == "delete" and _CALL_NOT_FOUND_WARNING in str(warning)
             level = logging.DEBUG if routine else logging.WARNING
-            logger.log(level, "rtpengine %s warning: %s", command, warning)
+            logger.log(level, "rtpengine %s warning: %.200s", command, warning)
 
     # ----------------------------------------------------------------- socket
 

@@ -42,15 +42,76 @@ def events_url(ari_url: str, app: str) -> str:
     return urlunsplit((scheme, parts.netloc, f"{parts.path}/events", query, ""))
 
 
-def parse_event(text: str | bytes) -> dict[str, Any] | None:
-    """An ARI event, or None for a frame that is not one (counted, never fatal)."""
+#: Event types whose model in ARI's Swagger (events.json) requires a `channel`.
+#: The controller keys calls on `channel.id`: such an event without a usable
+#: channel is refused here, at the boundary, so no handler has to guess.
+CHANNEL_EVENTS = frozenset(
+    {
+        "ApplicationMoveFailed",
+        "BridgeBlindTransfer",
+        "CallBroadcast",
+        "CallClaimed",
+        "ChannelCallerId",
+        "ChannelConnectedLine",
+        "ChannelCreated",
+        "ChannelDestroyed",
+        "ChannelDialplan",
+        "ChannelDtmfReceived",
+        "ChannelHangupRequest",
+        "ChannelHold",
+        "ChannelLeftBridge",
+        "ChannelStateChange",
+        "ChannelTalkingFinished",
+        "ChannelTalkingStarted",
+        "ChannelToneDetected",
+        "ChannelUnhold",
+        "StasisEnd",
+        "StasisStart",
+    }
+)
+
+
+class BadEvent(ValueError):
+    """A frame that is not a usable ARI event. `reason` is a fixed label for metrics."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def read_event(frame: str | bytes) -> dict[str, Any]:
+    """The ARI event in one websocket frame, or BadEvent saying why it is not one."""
     try:
-        event = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
-        return None
+        event = json.loads(frame)
+    except (ValueError, RecursionError) as exc:
+        # UnicodeDecodeError is a ValueError; RecursionError is JSON nested
+        # deeper than the interpreter's stack, which json.loads does not catch.
+        raise BadEvent("not_json", f"not JSON ({type(exc).__name__})") from None
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-        return None
+        raise BadEvent("not_an_event", "not a JSON object with a string 'type'")
+    _check_channel(event)
     return event
+
+
+def _check_channel(event: dict[str, Any]) -> None:
+    """A channel, where there is one, must have a non-empty string id (and text name/state)."""
+    kind, channel = event["type"], event.get("channel")
+    if channel is None:
+        if kind in CHANNEL_EVENTS:
+            raise BadEvent("bad_channel", f"{kind!r:.40} without a channel")
+        return
+    if not isinstance(channel, dict) or not isinstance(channel.get("id"), str) or not channel["id"]:
+        raise BadEvent("bad_channel", f"{kind!r:.40} whose channel has no string id")
+    if any(not isinstance(channel.get(key, ""), str) for key in ("name", "state")):
+        raise BadEvent("bad_channel", f"{kind!r:.40} whose channel name or state is not text")
+
+
+def parse_event(frame: str | bytes) -> dict[str, Any] | None:
+    """The event, or None for a frame that is not one (see `read_event` for why)."""
+    try:
+        return read_event(frame)
+    except BadEvent:
+        return None
 
 
 class AriEvents:
@@ -87,6 +148,10 @@ class AriEvents:
             except (OSError, websockets.exceptions.WebSocketException, TimeoutError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("ARI events link down (%s); reconnecting", self.last_error)
+            except Exception as exc:
+                # A bug must cost one connection, never the events link for good.
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("ARI events session failed; reconnecting")
             self._mark_down()
             await asyncio.sleep(delay + random.uniform(0, delay / 2))
             delay = min(delay * 2, BACKOFF_MAX_S)
@@ -107,15 +172,22 @@ class AriEvents:
             self.last_error = ""
             metrics.ARI_CONNECTED.set(1)
             log.info("ARI events connected (%s)", self.url)
-            if self.on_connect is not None and self.connects > 1:
+            if self.on_connect is not None:  # the first connect too: see Controller.reconcile
                 self._reconciling = asyncio.create_task(self.on_connect())
             async for frame in socket:
-                event = parse_event(frame)
-                if event is None:
-                    metrics.ARI_BAD_EVENTS.inc()
-                    log.warning("ignored an ARI frame that is not an event: %.100r", frame)
-                    continue
-                await self._dispatch(event)
+                await self.on_frame(frame)
+
+    async def on_frame(self, frame: str | bytes) -> None:
+        """One frame from the websocket: an event goes to the handler, anything else is
+        dropped with its reason, logged and counted. Never raises (but cancellation)."""
+        try:
+            event = read_event(frame)
+        except BadEvent as exc:
+            metrics.ARI_BAD_EVENTS.inc()
+            metrics.REJECTED_INPUT.labels("ari_event", exc.reason).inc()
+            log.warning("ignored an ARI frame: %s: %.100r", exc, frame)
+            return
+        await self._dispatch(event)
 
     async def _dispatch(self, event: dict[str, Any]) -> None:
         try:

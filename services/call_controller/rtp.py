@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from vagent.services import metrics
 from vagent.services.audio import (
     FRAME_MS,
     TELEPHONY_RATE,
@@ -298,6 +299,10 @@ class HalfRateDecimator:
         self._phase = 0
 
     def process(self, audio: Audio) -> Audio:
+        if not audio.samples:
+            # np.convolve swaps its operands when the signal is shorter than the
+            # kernel: an empty packet would come out as a sample of filter history.
+            return Audio(b"", audio.rate // 2)
         samples = np.concatenate([self._history, audio.array().astype(np.float64)])
         filtered = np.convolve(samples, _DECIMATE_TAPS, mode="valid")
         self._history = samples[len(samples) - len(self._history) :]
@@ -562,6 +567,11 @@ async def _payload_frames(
 # --------------------------------------------------------------------------- the endpoint
 
 
+def _rejected(reason: str) -> None:
+    """Count a datagram the endpoint dropped, for /metrics (per call, RtpStats has it too)."""
+    metrics.REJECTED_INPUT.labels("rtp", reason).inc()
+
+
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, endpoint: RtpEndpoint) -> None:
         self._endpoint = endpoint
@@ -713,17 +723,21 @@ class RtpEndpoint:
             self._accept(RtpPacket.parse(data), source)
         except RtpError:
             self.stats.malformed += 1
+            _rejected("malformed")
         except Exception:  # a bug must cost one packet, never the call
             self.stats.malformed += 1
+            _rejected("internal_error")
             log.exception("undecodable RTP datagram from %s:%d", *source)
 
     def _accept(self, packet: RtpPacket, source: tuple[str, int]) -> None:
         if self.remote_address is not None and source != self.remote_address:
             self.stats.foreign += 1
             if self.strict_source:
+                _rejected("foreign_source")
                 return
         if packet.payload_type not in CODECS:
             self.stats.unsupported += 1
+            _rejected("unsupported_payload_type")
             return
         audio = packet.audio()
         deliver, missing = self._tracker.accept(packet)

@@ -19,6 +19,7 @@ import httpx2
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
+from vagent.services import metrics
 from vagent.services.llm_service.sentences import SentenceSplitter
 from vagent.services.resilience import Dependency, DependencyError, ErrorKind
 from vagent.services.responses import FallbackResponseManager
@@ -29,6 +30,12 @@ Message = dict[str, str]
 
 MAX_REPLY_TOKENS = 300
 CHUNK_TIMEOUT_S = 3.0  # a stream silent this long after its first piece is over
+
+# What reading a chunk the client cannot parse raises (bad JSON, bytes that are
+# not UTF-8, JSON nested past the stack), and what a chunk of a shape no chat
+# stream has raises when its fields are read: None or a number for choices,
+# delta or content. The openai client builds chunks without validating them.
+_MALFORMED_CHUNK = (ValueError, TypeError, AttributeError, IndexError, KeyError, RecursionError)
 
 
 @dataclass
@@ -82,17 +89,22 @@ class OpenAIChat:
         return await self.dependency.call(lambda: self._first_piece(messages), deadline=deadline)
 
     async def _first_piece(self, messages: list[Message]) -> Reply:
-        stream = await self.client.chat.completions.create(
-            model=self.model,
-            messages=cast("list[ChatCompletionMessageParam]", messages),
-            stream=True,
-            max_tokens=MAX_REPLY_TOKENS,
-        )
+        try:
+            stream = await self.client.chat.completions.create(
+                model=self.model,
+                messages=cast("list[ChatCompletionMessageParam]", messages),
+                stream=True,
+                max_tokens=MAX_REPLY_TOKENS,
+            )
+        except httpx2.HTTPError as exc:
+            # The client reads an error status's body outside its own error
+            # wrapping: a body cut (or undecodable) there arrives raw.
+            raise self._transfer_failed(exc) from exc
         chunks = stream.__aiter__()
         splitter = SentenceSplitter()
         try:
-            async for chunk in chunks:
-                pieces = splitter.feed(_content(chunk))
+            while (text := await self._next_text(chunks)) is not None:
+                pieces = splitter.feed(text)
                 if pieces:
                     return Reply(pieces[0], self._rest(stream, chunks, splitter, pieces[1:]))
         except BaseException:
@@ -115,23 +127,53 @@ class OpenAIChat:
             for piece in ready:
                 yield piece
             while True:
-                try:
-                    async with asyncio.timeout(CHUNK_TIMEOUT_S):
-                        chunk = await anext(chunks)
-                except StopAsyncIteration:
+                async with asyncio.timeout(CHUNK_TIMEOUT_S):
+                    text = await self._next_text(chunks)
+                if text is None:
                     break
-                for piece in splitter.feed(_content(chunk)):
+                for piece in splitter.feed(text):
                     yield piece
             if tail := splitter.flush():
                 yield tail
-        except (TimeoutError, openai.APIError, httpx2.HTTPError) as exc:
+        except (TimeoutError, DependencyError, openai.APIError) as exc:
             # Cut mid-reply: keep what was said, drop the half sentence.
             log.warning("%s: reply stream cut (%s); ending the reply there", self.name, exc)
         finally:
             await stream.close()
 
+    async def _next_text(self, chunks: AsyncIterator[Any]) -> str | None:
+        """The text of the next chunk ("" for one without text), None at the end.
+
+        A chunk that cannot be read is the provider's fault, like a cut
+        stream: a transient DependencyError that says so, never a bare
+        JSONDecodeError or AttributeError from deep inside the client.
+        """
+        try:
+            return _content(await anext(chunks))
+        except StopAsyncIteration:
+            return None
+        except httpx2.HTTPError as exc:
+            raise self._transfer_failed(exc) from exc
+        except _MALFORMED_CHUNK as exc:
+            metrics.REJECTED_INPUT.labels("openai", "malformed_chunk").inc()
+            raise DependencyError(
+                f"{self.name}: malformed stream chunk ({type(exc).__name__}: {str(exc)[:100]})",
+                ErrorKind.TRANSIENT,
+            ) from exc
+
+    def _transfer_failed(self, exc: httpx2.HTTPError) -> DependencyError:
+        return DependencyError(
+            f"{self.name}: transfer failed ({type(exc).__name__})", ErrorKind.TRANSIENT
+        )
+
 
 def _content(chunk: Any) -> str:
+    """The delta text of a chunk; TypeError when a field has a shape no chat chunk has."""
     if not chunk.choices:
         return ""
-    return chunk.choices[0].delta.content or ""
+    content = chunk.choices[0].delta.content
+    if content is None:
+        return ""
+    if not isinstance(content, str):
+        raise TypeError(f"delta content is a {type(content).__name__}, not text")
+    return content

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 from openai import AsyncOpenAI, omit
 
+from vagent.services import metrics
 from vagent.services.audio import WIDEBAND_RATE, Audio, write_wav
 from vagent.services.resilience import (
     DeadlineExceeded,
@@ -133,15 +135,30 @@ class OpenAIStt:
 
         The JSON answer is read inside the client, so a body cut mid-transfer
         already arrives as `APIConnectionError` (transient), not as a raw
-        transport error.
+        transport error. A 200 whose body is not a transcription (not JSON,
+        no text) is the provider misbehaving: transient, and said plainly.
         """
-        result = await self.client.audio.transcriptions.create(
-            model=self.model,
-            file=("utterance.wav", wav, "audio/wav"),
-            response_format="json",
-            language=self.language if self.language else omit,
+        try:
+            result = await self.client.audio.transcriptions.create(
+                model=self.model,
+                file=("utterance.wav", wav, "audio/wav"),
+                response_format="json",
+                language=self.language if self.language else omit,
+            )
+            text = result.text
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, AttributeError) as exc:
+            # What the client raises for a body that is not JSON (nested past
+            # the stack, or not even UTF-8), or JSON that is not an object.
+            raise self._malformed(type(exc).__name__) from exc
+        if not isinstance(text, str):
+            raise self._malformed(f"text is {type(text).__name__}")
+        return text
+
+    def _malformed(self, what: str) -> DependencyError:
+        metrics.REJECTED_INPUT.labels("openai", "malformed_transcription").inc()
+        return DependencyError(
+            f"{self.name}: answered 200 without a transcription ({what})", ErrorKind.TRANSIENT
         )
-        return result.text
 
 
 # --------------------------------------------------------------------------- pocketsphinx

@@ -23,6 +23,7 @@ from typing import Protocol
 import httpx2
 from openai import AsyncOpenAI
 
+from vagent.services import metrics
 from vagent.services.audio import FRAME_MS, Audio, AudioFormatError, read_wav, ulaw_encode
 from vagent.services.resilience import (
     DeadlineExceeded,
@@ -38,6 +39,11 @@ OPENAI_PCM_RATE = 24_000
 ESPEAK_NOT_FOUND = "espeak-ng not found: apt-get install espeak-ng"
 
 _STDERR_EXCERPT = 200
+
+# Bodies that are certainly not PCM: raw PCM has no header to check, so a 200
+# carrying a JSON error or an HTML page from a proxy would otherwise be played
+# to the caller as noise. Anything else (audio/pcm, octet-stream, none) is audio.
+_NOT_AUDIO_TYPES = ("application/json", "text/")
 
 
 class TtsEngine(Protocol):
@@ -116,6 +122,13 @@ class OpenAITts:
             raise DependencyError(
                 f"{self.name}: transfer failed ({type(exc).__name__})", ErrorKind.TRANSIENT
             ) from exc
+        content_type = response.response.headers.get("content-type", "").lower()
+        if content_type.startswith(_NOT_AUDIO_TYPES):
+            metrics.REJECTED_INPUT.labels("openai", "not_audio").inc()
+            raise DependencyError(
+                f"{self.name}: answered 200 with {content_type[:60]}, not audio",
+                ErrorKind.TRANSIENT,
+            )
         pcm = pcm[: len(pcm) - len(pcm) % 2]
         if len(pcm) // 2 < _min_samples(OPENAI_PCM_RATE):
             # Counted as transient: a 200 without audio is the provider misbehaving.
