@@ -1,4 +1,4 @@
-"""Which runbook page explains a failing check."""
+"""Which runbook page explains a failing check, and where it is installed."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ _BY_PREFIX = {
     "breaker:redis": "redis.md",
     "ari": "asterisk-ari.md",
     "breaker:ari": "asterisk-ari.md",
+    "ari_conf": "asterisk-config.md",
+    "http_conf": "asterisk-config.md",
     "rtpengine": "rtpengine.md",
     "openai": "openai.md",
     "breaker:openai": "openai.md",
@@ -17,11 +19,20 @@ _BY_PREFIX = {
     "prompts": "local-engines.md",
     "serving": "openai.md",
     "process": "crash-loop.md",
+    "health": "crash-loop.md",
     "config": "configuration.md",
+    "security": "security.md",
+    "drill": "game-days.md",
 }
+
+
+def runbook_path(page: str) -> Path:
+    """The installed file of a page, given as `redis.md` or `redis`."""
+    name = page if page.endswith(".md") else f"{page}.md"
+    return Path(str(resources.files("vagent") / "runbooks" / name))
 
 
 def runbook_for(check: str) -> Path:
     """The most specific page whose prefix matches the check name."""
     prefix = max((p for p in _BY_PREFIX if check.startswith(p)), key=len, default="process")
-    return Path(str(resources.files("vagent") / "runbooks" / _BY_PREFIX[prefix]))
+    return runbook_path(_BY_PREFIX[prefix])
