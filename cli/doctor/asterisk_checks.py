@@ -51,7 +51,17 @@ ASTERISK_FILES = ("asterisk.conf", "modules.conf", "http.conf", "ari.conf", "ext
 # an attacker tries these first.
 WELL_KNOWN_PASSWORDS = (
     *("changeme", "asterisk", "password", "secret", "admin", "vagent", "ari", "hey"),
-    *("1234", "12345", "123456", "12345678", "test", "default", "change_me", "changeit"),
+    *(
+        "1234",
+        "12345",
+        "123456",
+        "12345678",
+        "test",
+        "default",
+        "change_me",
+        "change-me",
+        "changeit",
+    ),
     *("passw0rd", "qwerty", "letmein", "root", "pass"),
 )
 # Checking guesses against a crypt hash costs time (yescrypt on purpose): bounded.

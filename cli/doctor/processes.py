@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vagent.cli.doctor.model import DoctorCheck, DoctorContext, Finding, Status
-from vagent.cli.doctor.report import scrubber
 from vagent.cli.health import ServiceHealth, gather_health
 from vagent.cli.runbooks import runbook_for
 from vagent.cli.status import _uptime
 from vagent.cli.supervisor import ProcessInfo, Supervisor
 from vagent.services.config import SERVICES
+from vagent.services.logs import scrubber
 
 CRASH_WINDOW_S = 600.0
 CRASH_LOOP_EXITS = 3  # this many unrequested exits in the window is a crash loop

@@ -8,7 +8,7 @@ with a password, a key in a header) must still not print a secret.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from rich.text import Text
 
 from vagent.cli.doctor.model import Finding, Status, exit_code, worst
 from vagent.cli.runbooks import runbook_for, runbook_path
-from vagent.services.logs import _ContextFilter
+from vagent.services.logs import scrubber
 
 STATUS_STYLE: dict[Status, str] = {
     "pass": "green",
@@ -34,11 +34,6 @@ _SUMMARY: tuple[tuple[Status, str, str], ...] = (
     ("unknown", "unknown", "unknown"),
     ("pass", "ok", "ok"),
 )
-
-
-def scrubber(secrets: Iterable[str]) -> Callable[[str], str]:
-    """Replace every secret in a text by ***, with the same rule as the services' logs."""
-    return _ContextFilter("doctor", secrets).scrub
 
 
 @dataclass(frozen=True)
