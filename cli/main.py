@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import sys
@@ -15,8 +16,19 @@ from rich.live import Live
 from rich.spinner import Spinner
 
 from vagent import __version__
+from vagent.cli import control
+from vagent.cli.drill import DrillAborted, Plan, not_applicable, run_drill
+from vagent.cli.drill_report import EXIT_NOT_APPLICABLE, held_view, report_view, restored_view
 from vagent.cli.probe import ProbeError, probe_table, run_probe
-from vagent.cli.status import ServiceStatus, as_json, collect, exit_code, problems, table
+from vagent.cli.status import (
+    ServiceStatus,
+    as_json,
+    collect,
+    drill_lines,
+    exit_code,
+    problems,
+    table,
+)
 from vagent.cli.supervisor import STOP_MARGIN_S, Supervisor, SupervisorError
 from vagent.services.config import SERVICES, ConfigError, Settings, env_file, load_settings
 
@@ -152,6 +164,8 @@ def status(
         console.print("vagent is not running: start it with `vagent up`.")
         raise typer.Exit(code)
     console.print(table(rows))
+    for line in drill_lines(rows):
+        console.print(f"  [yellow]drill[/yellow] {line}", highlight=False)
     for line in problems(rows, include_warnings=False):
         console.print(f"  [red]![/red] {line}", highlight=False)
     raise typer.Exit(code)
@@ -231,6 +245,55 @@ def probe_command(
     raise typer.Exit(EXIT_OK if result.heard else EXIT_CRITICAL)
 
 
+@app.command()
+def doctor(
+    as_json_flag: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print JSON: every check's id, status, observed value, output, fix."
+        ),
+    ] = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only",
+            metavar="CHECK",
+            help="Run only these checks (repeat it, or comma-separate): a group such as "
+            "redis or security, or a finding id prefix such as health.llm_service.",
+        ),
+    ] = None,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, metavar="S", help="Seconds each check may take; they all run at once."
+        ),
+    ] = 3.0,
+) -> None:
+    """Check everything vagent needs, at once, and say how to fix each problem.
+
+    Asterisk's http.conf and ari.conf, ARI (credentials, the Stasis app), Redis,
+    RTPEngine, the OpenAI key and models, the processes and crash loops, each
+    service's /health, file permissions and secrets. Each problem gets one fix
+    line and the runbook page to read. Safe before `vagent up`; changes nothing.
+
+    Exit code, like a monitoring plugin: 0 ok, 1 warning, 2 critical (an invalid
+    configuration too), 3 unknown (or an unknown --only name).
+    """
+    # Imported here: the checks' modules are only needed by this command.
+    from vagent.cli.doctor.report import print_report, report_json
+    from vagent.cli.doctor.runner import UnknownCheck, diagnose
+
+    try:
+        result = diagnose(only or [], timeout)
+    except UnknownCheck as error:
+        _fail(str(error), code=3)
+    if as_json_flag:
+        print(report_json(result))
+    else:
+        print_report(result, console)
+    raise typer.Exit(result.exit_code)
+
+
 @app.command("systemd-unit")
 def systemd_unit() -> None:
     """Print a systemd unit that runs vagent at boot (`vagent up --foreground`)."""
@@ -259,6 +322,132 @@ def systemd_unit() -> None:
         "WantedBy=multi-user.target",
     ]
     print("\n".join(lines))
+
+
+@app.command("simulate-failure")
+def simulate_failure(
+    target: Annotated[str, typer.Argument(help="llm, llm-all, stt, tts, redis, ari or rtpengine.")],
+    mode: Annotated[str, typer.Option(help="error, timeout or slow.")] = "error",
+    duration: Annotated[
+        str, typer.Option(help="The fault ends by itself after this long: 60s, 2m, 90.")
+    ] = "60s",
+    turns: Annotated[int, typer.Option(min=1, max=20, help="Probe turns during the fault.")] = 3,
+    recover_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for steady state after the restore.")
+    ] = 60.0,
+    hold: Annotated[
+        bool,
+        typer.Option(help="Inject and return, no experiment: the fault stays for --duration."),
+    ] = False,
+    as_json_flag: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Rehearse a failure on the running stack and check that the fallback serves.
+
+    Targets: llm (the primary model), llm-all (every model), stt, tts, redis,
+    ari, rtpengine. Modes: error (every call fails), timeout (every call hangs
+    until its timeout), slow (every call takes 3/4 of its timeout, then works).
+    The drill is an experiment: steady state before (health and a probe turn),
+    the fault, probe turns while /health is watched, restore, steady state
+    after; the report gives the hypothesis, the observations, the time to
+    detect and the time to recover. With --hold the fault is only injected,
+    for a game day with real calls: end it with `vagent restore TARGET`.
+    Every fault ends by itself after --duration, even if this command dies.
+
+    Exit code: 0 the hypothesis held, 1 it deviated, 2 the drill could not
+    run, 3 the target does not apply to this configuration.
+    """
+    if target not in control.TARGETS:
+        _fail(f"unknown target {target!r}: choose one of {', '.join(control.TARGETS)}")
+    if mode not in control.MODES:
+        _fail(f"unknown mode {mode!r}: choose one of {', '.join(control.MODES)}")
+    try:
+        duration_s = control.parse_duration(duration)
+    except ValueError as error:
+        _fail(str(error))
+    sup = _supervisor()
+    _require_running(sup)
+    if hold:
+        _hold_drill(sup.settings, target, mode, duration_s, as_json_flag)
+    plan = Plan(target, mode, duration_s, turns, recover_timeout)
+    try:
+        report = run_drill(sup.settings, plan)
+    except KeyboardInterrupt:
+        errors.print(f"interrupted: the fault was restored (to be sure: vagent restore {target})")
+        raise typer.Exit(130) from None
+    except DrillAborted as aborted:
+        if as_json_flag:
+            print(json.dumps({"target": target, "mode": mode, "error": str(aborted)}, indent=2))
+        if aborted.code == EXIT_NOT_APPLICABLE:
+            errors.print(f"[yellow]not applicable:[/yellow] {aborted}", highlight=False)
+            raise typer.Exit(aborted.code) from None
+        _fail(str(aborted), aborted.code)
+    if as_json_flag:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        console.print(report_view(report))
+    raise typer.Exit(report.exit_code)
+
+
+def _hold_drill(
+    settings: Settings, target: str, mode: str, duration_s: float, as_json_flag: bool
+) -> NoReturn:
+    """`simulate-failure --hold`: inject, say where and until when, and return."""
+    try:
+        answers = asyncio.run(control.inject(settings, target, mode, duration_s))
+    except control.ControlError as error:
+        _fail(str(error))
+    faults = control.faults_of(answers)
+    skipped = {a.service: a.reason or a.error for a in answers if not a.faults}
+    if as_json_flag:
+        body = {"target": target, "mode": mode, "duration_s": duration_s}
+        injected = [f.as_json() for f in faults]
+        print(json.dumps({**body, "injected": injected, "not_injected": skipped}, indent=2))
+    elif faults:
+        console.print(held_view(target, mode, faults, control.failures_of(answers)))
+        console.print(
+            f"The fault ends by itself in {duration_s:g} s. Watch it with `vagent status`; "
+            f"end it now with `vagent restore {target}`."
+        )
+    if not faults:
+        why = not_applicable(target, answers)
+        errors.print(f"[yellow]not applicable:[/yellow] {why}", highlight=False)
+        raise typer.Exit(EXIT_NOT_APPLICABLE)
+    raise typer.Exit(EXIT_OK)
+
+
+@app.command()
+def restore(
+    target: Annotated[
+        str | None, typer.Argument(help="The drill to end: llm, llm-all, stt, tts, redis...")
+    ] = None,
+    all_drills: Annotated[bool, typer.Option("--all", help="End every drill.")] = False,
+    as_json_flag: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """End failure drills now (they also end by themselves), and reset the breakers they opened.
+
+    Exit code: 0 done (also when no drill was running), 2 a service could not be asked.
+    """
+    if (target is None) != all_drills:
+        _fail("give a TARGET or --all (one of them)")
+    if target is not None and target not in control.TARGETS:
+        _fail(f"unknown target {target!r}: choose one of {', '.join(control.TARGETS)}")
+    sup = _supervisor()
+    _require_running(sup)
+    try:
+        answers = asyncio.run(control.restore(sup.settings, target))
+    except control.ControlError as error:
+        _fail(str(error))
+    faults, failures = control.faults_of(answers), control.failures_of(answers)
+    if as_json_flag:
+        restored = [f.as_json() for f in faults]
+        print(json.dumps({"restored": restored, "errors": failures}, indent=2))
+    elif faults:
+        console.print(restored_view(faults))
+    else:
+        console.print(f"no {'drill' if target is None else target + ' drill'} was running.")
+    for line in failures:
+        errors.print(f"[red]error:[/red] {line}", highlight=False)
+    raise typer.Exit(EXIT_CRITICAL if failures else EXIT_OK)
 
 
 @app.command()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 
+from vagent.cli.control import DRILL_CHECK, ControlError, list_faults
 from vagent.cli.health import ServiceHealth, fetch_health
 from vagent.cli.runbooks import runbook_for
 from vagent.cli.supervisor import ProcessInfo, Supervisor
@@ -34,6 +36,7 @@ class ServiceStatus:
     health: str
     url: str
     checks: list[dict[str, Any]] = field(default_factory=list)
+    drills: list[dict[str, Any]] = field(default_factory=list)  # active failure drills
 
     @property
     def ready(self) -> bool:
@@ -49,12 +52,35 @@ def _checks(health: ServiceHealth | None) -> list[dict[str, Any]]:
     ]
 
 
+def _drills(
+    settings: Settings, health: dict[str, ServiceHealth]
+) -> dict[str, list[dict[str, Any]]]:
+    """Active drills per service. /health says which services have one (no token needed);
+    only then is the control API asked for the details (target, mode, time left)."""
+    busy = {
+        name: str(h.checks[DRILL_CHECK].get("output", ""))
+        for name, h in health.items()
+        if h.checks.get(DRILL_CHECK, {}).get("status", "pass") != "pass"
+    }
+    if not busy:
+        return {}
+    try:
+        answers = asyncio.run(list_faults(settings))
+    except ControlError:
+        answers = []
+    found = {a.service: [f.as_json() for f in a.faults] for a in answers if a.faults}
+    for name, output in busy.items():  # the control API could not say: /health's words will do
+        found.setdefault(name, [{"service": name, "output": output}])
+    return found
+
+
 def collect(sup: Supervisor, settings: Settings, timeout_s: float = 2.0) -> list[ServiceStatus]:
-    """One row per program; health only for the four services."""
+    """One row per program; health (and active drills) only for the four services."""
     running = sup.is_running()
     procs: dict[str, ProcessInfo] = {p.name: p for p in sup.processes()} if running else {}
     restarts = sup.restarts() if running else {}
     health = fetch_health(settings, timeout_s) if running else {}
+    drills = _drills(settings, health)
     rows = []
     for name in sup.programs:
         proc = procs.get(name)
@@ -75,19 +101,23 @@ def collect(sup: Supervisor, settings: Settings, timeout_s: float = 2.0) -> list
                 health=status,
                 url=settings.service_url(name) if name in SERVICES else "",
                 checks=_checks(service_health),
+                drills=drills.get(name, []),
             )
         )
     return rows
 
 
 def as_json(rows: list[ServiceStatus]) -> dict[str, Any]:
-    services = [asdict(r) for r in rows if r.name in SERVICES]
+    services = [
+        {k: v for k, v in asdict(r).items() if k != "drills"} for r in rows if r.name in SERVICES
+    ]
     infrastructure = [
-        {k: v for k, v in asdict(r).items() if k not in ("health", "url", "checks")}
+        {k: v for k, v in asdict(r).items() if k not in ("health", "url", "checks", "drills")}
         for r in rows
         if r.name not in SERVICES
     ]
-    return {"services": services, "infrastructure": infrastructure}
+    drills = [d for r in rows for d in r.drills]
+    return {"services": services, "infrastructure": infrastructure, "drills": drills}
 
 
 def exit_code(rows: list[ServiceStatus]) -> int:
@@ -104,6 +134,28 @@ def _uptime(seconds: float | None) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def drill_lines(rows: list[ServiceStatus]) -> list[str]:
+    """One line per active drill (a target faulted in several services is one drill)."""
+    lines = []
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for drill in (d for r in rows for d in r.drills):
+        if "target" in drill:
+            grouped.setdefault((drill["target"], drill["mode"]), []).append(drill)
+        else:
+            lines.append(f"{drill['service']}: {drill['output']}")
+    for (target, mode), parts in grouped.items():
+        faulted = {", ".join(d["dependencies"]) for d in parts}
+        if len(faulted) == 1:  # e.g. redis in every service: say it once
+            where = f"{', '.join(d['service'] for d in parts)} ({faulted.pop()})"
+        else:
+            where = ", ".join(f"{d['service']} ({', '.join(d['dependencies'])})" for d in parts)
+        left = min(d["remaining_s"] for d in parts)
+        lines.append(
+            f"{target} ({mode}), {left:.0f} s left, in {where}: `vagent restore {target}` ends it"
+        )
+    return lines
 
 
 def table(rows: list[ServiceStatus]) -> Table:
