@@ -33,6 +33,9 @@ _EXITED = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ \w+ exited: (\S+) \((.*)\)$", re.MULTILINE
 )
 _STARTED = "supervisord started with pid"
+# supervisord opens its own log before it applies the config's umask=077: started
+# with this umask, every file it creates is private from the first byte.
+PRIVATE_UMASK = 0o077
 
 
 class SupervisorError(Exception):
@@ -143,6 +146,7 @@ class Supervisor:
             capture_output=True,
             text=True,
             check=False,
+            umask=PRIVATE_UMASK,
         )
         if result.returncode != 0:
             raise SupervisorError(f"supervisord did not start: {result.stderr.strip()[-500:]}")
@@ -160,6 +164,7 @@ class Supervisor:
         """Replace this process with supervisord, for systemd's Type=simple."""
         self.prepare(nodaemon=True)
         os.chdir(self.settings.home)
+        os.umask(PRIVATE_UMASK)
         os.execve(sys.executable, self.command(), self.environment())
 
     def processes(self) -> list[ProcessInfo]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import httpx
+import httpx2
 import openai
 import pybreaker
 import redis.exceptions
@@ -85,7 +86,9 @@ _OPENAI_PERMANENT = (
     openai.PermissionDeniedError,
     openai.NotFoundError,
 )
-_OPENAI_REJECTED = (openai.BadRequestError, openai.UnprocessableEntityError)
+# The installed openai client talks through httpx2, not httpx (which ARI and the
+# health probes use): a status error can come from either package.
+_HTTP_STATUS_ERRORS = (httpx.HTTPStatusError, httpx2.HTTPStatusError)
 
 
 def classify(exc: BaseException) -> ErrorKind:
@@ -94,19 +97,25 @@ def classify(exc: BaseException) -> ErrorKind:
         return exc.kind
     if isinstance(exc, (*_OPENAI_PERMANENT, redis.exceptions.AuthenticationError)):
         return ErrorKind.PERMANENT
-    if isinstance(exc, (*_OPENAI_REJECTED, redis.exceptions.ResponseError)):
+    if isinstance(exc, redis.exceptions.ResponseError):
         return ErrorKind.REJECTED
-    if isinstance(exc, httpx.HTTPStatusError):
+    if isinstance(exc, openai.APIStatusError):
+        return _classify_status(exc.status_code)
+    if isinstance(exc, _HTTP_STATUS_ERRORS):
         return _classify_status(exc.response.status_code)
     return ErrorKind.TRANSIENT
 
 
 def _classify_status(status: int) -> ErrorKind:
+    """401/403: the credentials, unusable until fixed. 408, 409, 429 and 5xx: try
+    again. Any other 4xx (400, 413, 422...): this request was refused, the
+    dependency is fine, so no retry and no count against its breaker. A status
+    that is not an error (a 3xx not followed) stays transient like any unknown."""
     if status in (401, 403):
         return ErrorKind.PERMANENT
-    if status in (408, 409, 429) or status >= 500:
-        return ErrorKind.TRANSIENT
-    return ErrorKind.REJECTED
+    if 400 <= status < 500 and status not in (408, 409, 429):
+        return ErrorKind.REJECTED
+    return ErrorKind.TRANSIENT
 
 
 def _retryable(exc: BaseException) -> bool:

@@ -276,3 +276,53 @@ def _status_error(cls: type[openai.APIStatusError], status: int) -> openai.APISt
 )
 def test_error_classes(exc_factory: object, kind: ErrorKind) -> None:
     assert classify(exc_factory()) is kind  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, ErrorKind.REJECTED),
+        (404, ErrorKind.REJECTED),  # openai raises NotFoundError (permanent) for its 404s
+        (413, ErrorKind.REJECTED),
+        (418, ErrorKind.REJECTED),
+        (422, ErrorKind.REJECTED),
+        (403, ErrorKind.PERMANENT),
+        (408, ErrorKind.TRANSIENT),
+        (409, ErrorKind.TRANSIENT),
+        (429, ErrorKind.TRANSIENT),
+        (500, ErrorKind.TRANSIENT),
+        (503, ErrorKind.TRANSIENT),
+        (599, ErrorKind.TRANSIENT),
+    ],
+)
+def test_an_http_status_has_one_kind_whichever_client_raised_it(
+    status: int, kind: ErrorKind
+) -> None:
+    """Regression (fuzzing): an openai.APIStatusError with a 4xx outside the named
+    subclasses (413, 418) counted as transient, retried and charged to the breaker;
+    and the status-error branch matched httpx only, while the installed openai client
+    raises through httpx2."""
+    import httpx
+    import httpx2
+
+    assert classify(_status_error(openai.APIStatusError, status)) is kind
+    for http in (httpx, httpx2):
+        request = http.Request("POST", "http://127.0.0.1/v1/audio/speech")
+        response = http.Response(status, request=request)
+        assert classify(http.HTTPStatusError("x", request=request, response=response)) is kind
+
+
+async def test_a_refused_request_is_neither_retried_nor_counted() -> None:
+    dependency = Dependency(Policy("openai-tts", attempts=3, fail_max=2))
+    attempts = 0
+
+    async def too_large() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise _status_error(openai.APIStatusError, 413)
+
+    for _ in range(3):
+        with pytest.raises(openai.APIStatusError):
+            await dependency.call(too_large)
+    assert attempts == 3  # one attempt per call
+    assert dependency.breaker.state == "closed" and dependency.breaker.fail_count == 0

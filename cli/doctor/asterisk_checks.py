@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from vagent.services.call_controller.ari import ari_root
 from vagent.services.config import Settings
 
 RUNBOOK = "asterisk-config.md"
+MAX_SHOWN_ISSUES = 10
 # Files whose presence says "this is an Asterisk config directory".
 ASTERISK_FILES = ("asterisk.conf", "modules.conf", "http.conf", "ari.conf", "extensions.conf")
 # Passwords from samples, tutorials and this project's own docs, likeliest first:
@@ -134,7 +136,8 @@ def _open(
             output = f"cannot read {path} ({reason.replace('_', ' ')})"
             fix = f"make {path} a readable file"
         return _Opened(None, _finding(group, "file", "warn", output, observed, fix))
-    observed["files"] = [str(p) for p in config.files]
+    files = list(dict.fromkeys(config.files))  # a file included again is read again
+    observed["files"] = [str(p) for p in files]
     invalid = config.invalid_reason
     if invalid is not None:
         output = (
@@ -142,7 +145,7 @@ def _open(
             f"so {unusable}"
         )
         return _Opened(config, _finding(group, "file", "fail", output, observed, _fix_for(invalid)))
-    read = ", ".join(p.name for p in config.files)
+    read = ", ".join(p.name for p in files)
     return _Opened(config, _finding(group, "file", "pass", f"read {read}", observed))
 
 
@@ -158,13 +161,28 @@ def _fix_for(issue: Issue) -> str:
 
 
 def _syntax(group: str, config: ConfigFile) -> list[Finding]:
-    """Lines Asterisk skips or doctor cannot see, as one finding."""
+    """Lines Asterisk skips or doctor cannot see, as one finding.
+
+    The same issue at the same place is told once with its count, and at
+    most MAX_SHOWN_ISSUES places are spelled out: a file that includes
+    itself yields thousands, and one finding must stay readable.
+    """
     issues = [i for i in config.issues if i.severity != "invalid"]
     if not issues:
         return []
     statuses: list[Status] = ["unknown" if i.severity == "unverifiable" else "warn" for i in issues]
-    output = "; ".join(f"{location(i)}: {i.message}" for i in issues)
-    observed = [{"where": location(i), "severity": i.severity} for i in issues]
+    counts = Counter((location(i), i.severity, i.message) for i in issues)
+    shown_issues = list(counts.items())[:MAX_SHOWN_ISSUES]
+    output = "; ".join(
+        f"{where}: {message}" + (f" ({count} times)" if count > 1 else "")
+        for (where, _, message), count in shown_issues
+    )
+    if len(counts) > len(shown_issues):
+        output += f"; and {len(counts) - len(shown_issues)} more"
+    observed = [
+        {"where": where, "severity": severity, "count": count}
+        for (where, severity, _), count in shown_issues
+    ]
     return [
         _finding(group, "syntax", worst(statuses), output, observed, "fix or remove those lines")
     ]
@@ -294,14 +312,14 @@ def _http_conf_findings(settings: Settings) -> list[Finding]:
             )
         )
         return findings
-    extra = opened.config.categories("general")[1:]
+    extra = dict.fromkeys(location(s) for s in opened.config.categories("general")[1:])
     if extra:
         findings.append(
             _finding(
                 "http_conf",
                 "general",
                 "warn",
-                f"[general] appears again at {', '.join(location(s) for s in extra)}: Asterisk "
+                f"[general] appears again at {', '.join(extra)}: Asterisk "
                 f"reads only the first one ({location(http.general)}) and ignores the others",
                 fix="merge the [general] sections of http.conf into one",
             )

@@ -26,6 +26,20 @@ Only one exception escapes: `ConfigParseError`, when the file itself cannot
 be opened (missing, permission denied, not a regular file). Everything
 wrong *inside* a file becomes an `Issue` with its file and line.
 
+Includes: Asterisk has no cycle detection. A file that includes itself is
+read again at each level until include level 10, where the innermost
+`#include` fails ("Maximum Include level (10) exceeded") and only that copy
+stops; doctor does the same. But a file that includes itself k times is read
+about k**10 times (Asterisk too), so doctor bounds the expansion: each file
+is read from disk once per load, and after MAX_INCLUDED_LINES lines brought
+in by includes it reads no more and says so (`unverifiable`). Real configs
+stay far below the bound, and a runaway one costs a fraction of a second.
+
+`[name](+filter)`: Asterisk matches the filter's `key=value` expressions as
+POSIX regular expressions; doctor decides plain text, `.`, `^` and `$`, and
+reports anything beyond as unverifiable instead of handing file text to
+Python's `re` (see `_Filter`).
+
 Deliberately not done: `#exec` is never run (doctor only reads; the issue
 says so), realtime/extconfig mappings are ignored, and brace patterns in
 `#include` are not expanded (`*` and `?` are).
@@ -35,6 +49,7 @@ from __future__ import annotations
 
 import glob
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -42,6 +57,7 @@ from typing import Literal
 MAX_INCLUDE_LEVEL = 10  # config.c MAX_INCLUDE_LEVEL
 MAX_LINE_BYTES = 8191  # fgets into char buf[8192]: longer lines are skipped
 MAX_NESTED_COMMENTS = 128
+MAX_INCLUDED_LINES = 20_000  # doctor's own bound on include expansion, see the module doc
 _BOM = b"\xef\xbb\xbf"
 _TRUE = frozenset({"yes", "true", "y", "t", "1", "on"})
 
@@ -186,37 +202,111 @@ class ConfigFile:
         return found[0] if found else None
 
 
-def _category_matches(section: Section, name: str, match: str, sep: str) -> bool:
+_ERE_OPERATORS = frozenset("\\[](){}*+?|^$'\"")
+"""Characters that make a filter more than plain text to POSIX ERE (and to
+ast_strsep: quotes and backslashes change how Asterisk splits the filter)."""
+_QUOTING = frozenset("\\'\"")
+MAX_SHOWN_FILTER = 60
+
+
+@dataclass(frozen=True)
+class _Expression:
+    """One `name=value` of a category filter, decided once per header."""
+
+    kind: Literal["templates", "restrict", "match", "assumed"]
+    name: Callable[[str], bool] | None = None
+    value: Callable[[str], bool] | None = None
+
+
+@dataclass
+class _Filter:
     """config.c does_category_match(): the filter of `[x](+filter)` and of
-    template lookups. An empty name matches any section."""
-    if name and section.name.lower() != name.lower():
-        return False
-    if not match:
-        return not section.is_template
-    found = expressions = 0
-    template_ok = False
-    for expression in match.split(sep):
-        expressions += 1
-        if "=" not in expression:
-            break
-        match_name, match_value = (part.strip() for part in expression.split("=", 1))
-        if match_name == "TEMPLATES":
-            if match_value.lower() == "include":
+    template lookups, parsed once and then tried on each section.
+
+    Asterisk hands the two sides of each `name=value` to regcomp (POSIX ERE)
+    and keeps a section when, for every expression, one of its items matches
+    both. Doctor never compiles that text as a regular expression: Python's
+    `re` is not POSIX ERE, raises RecursionError on deep groups, warns on
+    `[[`, and can backtrack for ever. It decides the plain part of ERE that
+    real filters use (text, `.`, a leading `^`, a trailing `$`) and, for
+    anything beyond, assumes the expression matches and says so
+    (`unverifiable`), rather than guess a verdict.
+    """
+
+    expressions: list[_Expression] = field(default_factory=list)
+    counted: int = 0  # expressions Asterisk counts, up to one without '='
+    unverifiable: list[str] = field(default_factory=list)
+
+    def matches(self, section: Section) -> bool:
+        found = 0
+        template_ok = False
+        for expression in self.expressions:
+            if expression.kind == "templates":
                 template_ok = template_ok or section.is_template
-                found += 1
-            elif match_value.lower() == "restrict":
+            elif expression.kind == "restrict":
                 if not section.is_template:
-                    break
-                found += 1
+                    return False
                 template_ok = True
-            continue
-        try:
-            name_re, value_re = re.compile(match_name), re.compile(match_value)
-        except re.error:
-            return False
-        if any(name_re.search(i.key) and value_re.search(i.value) for i in section.items):
+            elif expression.kind == "match" and not any(
+                _item_matches(expression, item) for item in section.items
+            ):
+                continue
             found += 1
-    return found == expressions and (not section.is_template or template_ok)
+        return found == self.counted and (not section.is_template or template_ok)
+
+
+def _item_matches(expression: _Expression, item: Item) -> bool:
+    assert expression.name is not None and expression.value is not None
+    return expression.name(item.key) and expression.value(item.value)
+
+
+def _plain_ere(pattern: str) -> Callable[[str], bool] | None:
+    """A search with the meaning regexec gives `pattern`, when it is plain
+    text with `.` (any character), an optional leading `^` and trailing `$`;
+    None when it uses anything else. The Python pattern is built here from
+    escaped characters, so it has no quantifier and cannot backtrack."""
+    anchored = pattern.startswith("^")
+    ended = len(pattern) > anchored and pattern.endswith("$")
+    body = pattern[int(anchored) : len(pattern) - int(ended)]
+    if any(char in _ERE_OPERATORS for char in body):
+        return None
+    text = "".join("." if char == "." else re.escape(char) for char in body)
+    compiled = re.compile(("\\A" if anchored else "") + text + ("\\Z" if ended else ""), re.S)
+    return lambda candidate: compiled.search(candidate) is not None
+
+
+def _category_filter(match: str, sep: str) -> _Filter:
+    """Split `match` the way does_category_match() walks it with ast_strsep:
+    expressions on `sep`, then name and value on `=` (a second `=` ends the
+    value), both stripped; the first expression without `=` ends the filter
+    but still counts, so nothing matches it."""
+    result = _Filter()
+    for expression in match.split(sep):
+        result.counted += 1
+        parts = expression.split("=", 2)
+        if len(parts) < 2:
+            break
+        name, value = _strip(parts[0]), _strip(parts[1])
+        if name == "TEMPLATES":  # another TEMPLATES= value is counted, never found
+            if value.lower() in ("include", "restrict"):
+                kind: Literal["templates", "restrict"] = (
+                    "templates" if value.lower() == "include" else "restrict"
+                )
+                result.expressions.append(_Expression(kind))
+            continue
+        name_search, value_search = _plain_ere(name), _plain_ere(value)
+        if name_search is None or value_search is None or _QUOTING & set("".join(parts[2:])):
+            result.unverifiable.append(expression.strip())
+            result.expressions.append(_Expression("assumed"))
+            continue
+        result.expressions.append(_Expression("match", name_search, value_search))
+    return result
+
+
+def _clipped(text: str) -> str:
+    """A filter from a file, printable and short enough for one line of output."""
+    text = shown(text)
+    return text if len(text) <= MAX_SHOWN_FILTER else text[:MAX_SHOWN_FILTER] + "..."
 
 
 @dataclass
@@ -287,6 +377,9 @@ class _Loader:
         self.result: ConfigFile | None = None
         self.current: Section | None = None  # cfg->current: last appended section
         self.level = 0  # cfg->include_level
+        self.included_lines = 0  # read through #include so far, against MAX_INCLUDED_LINES
+        self.stopped = False  # the bound was hit: includes are no longer read
+        self.files: dict[str, bytes | PermissionError | None] = {}  # each file read once
 
     @property
     def config(self) -> ConfigFile:
@@ -371,14 +464,7 @@ class _Loader:
                     assert section is not None
                     section.is_template = True
                 elif option.startswith("+"):
-                    target = next(
-                        (
-                            s
-                            for s in self.config.sections
-                            if _category_matches(s, name, option[1:], "&")
-                        ),
-                        None,
-                    )
+                    target = self.find(name, option[1:], "&", path, number)
                     if target is None:
                         return self.fatal(
                             path, number, f"[{name}](+) adds to a section that does not exist"
@@ -390,14 +476,7 @@ class _Loader:
                         new = None
                     section = target
                 else:
-                    base = next(
-                        (
-                            s
-                            for s in self.config.sections
-                            if _category_matches(s, option, "TEMPLATES=include", ",")
-                        ),
-                        None,
-                    )
+                    base = self.find(option, "TEMPLATES=include", ",", path, number)
                     if base is None:
                         return self.fatal(
                             path, number, f"inherits from [{option}], which is not defined above"
@@ -412,6 +491,26 @@ class _Loader:
             self.config.sections.append(new)
             self.current = new
         return True, section
+
+    def find(self, name: str, match: str, sep: str, path: Path, number: int) -> Section | None:
+        """category_get_sep(): the first section named `name` (any name when
+        empty) that the filter `match` keeps; an empty filter keeps any
+        non-template. What doctor could not decide is reported."""
+        wanted = name.lower()
+        named = (s for s in self.config.sections if not name or s.name.lower() == wanted)
+        if not match:
+            return next((s for s in named if not s.is_template), None)
+        where = _category_filter(match, sep)
+        for expression in where.unverifiable:
+            self.issue(
+                path,
+                number,
+                "unverifiable",
+                f"[{shown(name)}](+{_clipped(match)}): doctor reads plain text, '.', '^' and "
+                f"'$' in a filter, not the regular expression {_clipped(expression)!r}, and "
+                "assumed it matches: check that line by hand",
+            )
+        return next((s for s in named if where.matches(s)), None)
 
     def directive(self, text: str, number: int, path: Path) -> bool:
         end = 1
@@ -446,29 +545,56 @@ class _Loader:
         if self.level >= MAX_INCLUDE_LEVEL + 1:
             self.issue(path, number, "warning", "includes nested too deep (10 levels)")
             return False
+        if self.stopped:
+            return True
         pattern = argument if argument.startswith("/") else str(self.config_dir / argument)
         names = sorted(glob.glob(pattern)) or [pattern]
         found = 0
         for name in names:
-            target = Path(name)
-            try:
-                if not target.is_file():
-                    continue
-                data = target.read_bytes()
-            except PermissionError:
+            data = self.read(name)
+            if isinstance(data, PermissionError):
                 self.issue(
                     path,
                     number,
                     "unverifiable",
                     f"cannot read included {shown(name)} (permission denied): not checked",
                 )
-                found += 1
-                continue
-            except OSError:
+            if data is None:
                 continue
             found += 1
-            self.parse(data, target)
+            if isinstance(data, bytes) and not self.over_budget(data, path, number):
+                self.parse(data, Path(name))
         return found > 0
+
+    def read(self, name: str) -> bytes | PermissionError | None:
+        """An included file's bytes (None: not a readable regular file), read
+        from disk once per load however many times it is included."""
+        if name not in self.files:
+            try:
+                target = Path(name)
+                self.files[name] = target.read_bytes() if target.is_file() else None
+            except PermissionError as exc:
+                self.files[name] = exc
+            except OSError:
+                self.files[name] = None
+        return self.files[name]
+
+    def over_budget(self, data: bytes, path: Path, number: int) -> bool:
+        """True once includes have brought in MAX_INCLUDED_LINES lines: from
+        then on no include is read, and the config says so once."""
+        self.included_lines += data.count(b"\n") + 1
+        if self.included_lines <= MAX_INCLUDED_LINES:
+            return False
+        self.stopped = True
+        self.issue(
+            path,
+            number,
+            "unverifiable",
+            f"includes expand past {MAX_INCLUDED_LINES} lines (a file included again "
+            "by itself or by a file it includes, more than once?): doctor stops reading "
+            "includes here, what the rest adds is not checked",
+        )
+        return True
 
     def variable(
         self, text: str, number: int, path: Path, section: Section, adjacent: bool

@@ -282,7 +282,7 @@ def _general(config: ConfigFile) -> tuple[Section | None, str | None]:
             return None, _unknown_text(found[0], unknown[0], "ARI's [general]")
         return found[0], None
     if len(found) > 1:
-        lines = ", ".join(f"{s.file.name}:{s.line}" for s in found)
+        lines = ", ".join(dict.fromkeys(f"{s.file.name}:{s.line}" for s in found))
         return None, f"[general] is defined {len(found)} times ({lines})"
     for section in config.categories("general", templates=True):
         if section.is_template:

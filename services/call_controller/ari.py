@@ -27,6 +27,9 @@ ARI_POLICY = Policy(
 )
 
 
+MAX_SAID = 200  # characters of a response kept in an AriError, as for rtpengine's errors
+
+
 class AriError(DependencyError):
     def __init__(self, message: str, kind: ErrorKind, status: int | None = None) -> None:
         super().__init__(message, kind)
@@ -124,7 +127,17 @@ class AriClient:
             raise AriError(f"ARI unreachable at {self.root}: {exc}", ErrorKind.TRANSIENT) from exc
         if response.status_code >= 400:
             raise _error_from(response, self.root)
-        return response.json() if response.content else None
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except (ValueError, RecursionError):  # ValueError covers UnicodeDecodeError
+            raise AriError(
+                f"ARI {method} {path}: {response.status_code} but not JSON "
+                f"({_said(response.text)!r}): is VAGENT_ARI_URL Asterisk's HTTP server?",
+                ErrorKind.PERMANENT,
+                response.status_code,
+            ) from None
 
     async def asterisk_info(self) -> dict[str, Any]:
         info = await self.request("GET", "/asterisk/info")
@@ -140,14 +153,24 @@ class AriClient:
         await self._http.aclose()
 
 
+def _said(text: str) -> str:
+    """Text from a response, fit for a log line and doctor's table: cut at
+    MAX_SAID characters (one response must not put 100 kB in a log), line
+    breaks, terminal escapes and lone surrogates shown as escapes."""
+    cut = text.strip()[:MAX_SAID]
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in cut)
+
+
 def _message(response: httpx.Response) -> str:
+    """What Asterisk said: the `message` (or `error`) of a JSON body, else the text.
+    RecursionError too: json.loads raises it, not a ValueError, on deep nesting."""
     try:
         body = response.json()
-    except ValueError:
-        return response.text[:200].strip()
+    except (ValueError, RecursionError):
+        return _said(response.text)
     if isinstance(body, dict):
-        return str(body.get("message") or body.get("error") or body)
-    return str(body)
+        body = body.get("message") or body.get("error") or body
+    return _said(str(body))
 
 
 def _error_from(response: httpx.Response, root: str) -> AriError:
