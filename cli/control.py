@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from vagent.services.config import SERVICES, Settings
+from vagent.services.control_token import read_token
 from vagent.services.faults import MODES as MODES  # re-exported: the CLI validates with them
 from vagent.services.faults import TARGETS as TARGETS
 
@@ -103,9 +104,6 @@ def parse_duration(text: str) -> float:
 
 
 def _token(settings: Settings) -> str:
-    # Imported here: services.control pulls in FastAPI, which no other command needs.
-    from vagent.services.control import read_token
-
     token = read_token(settings)
     if token is None:
         raise ControlError(

@@ -17,9 +17,6 @@ from rich.spinner import Spinner
 
 from vagent import __version__
 from vagent.cli import control
-from vagent.cli.drill import DrillAborted, Plan, not_applicable, run_drill
-from vagent.cli.drill_report import EXIT_NOT_APPLICABLE, held_view, report_view, restored_view
-from vagent.cli.probe import ProbeError, probe_table, run_probe
 from vagent.cli.status import (
     ServiceStatus,
     as_json,
@@ -31,6 +28,9 @@ from vagent.cli.status import (
 )
 from vagent.cli.supervisor import STOP_MARGIN_S, Supervisor, SupervisorError
 from vagent.services.config import SERVICES, ConfigError, Settings, env_file, load_settings
+
+# The probe and the drills import the whole service runtime (bus, policy layer,
+# openai): they are imported by their commands, so `vagent status` starts fast.
 
 app = typer.Typer(
     help="vagent: a resilient AI voice agent for Asterisk. Start it with `vagent up`.",
@@ -229,6 +229,8 @@ def probe_command(
     the time to first audio. Exit code: 0 the caller would hear an answer,
     2 nothing came back.
     """
+    from vagent.cli.probe import ProbeError, probe_table, run_probe
+
     if text is not None and wav is not None:
         _fail("give --text or --wav, not both")
     if wav is not None and not wav.is_file():
@@ -356,6 +358,9 @@ def simulate_failure(
     Exit code: 0 the hypothesis held, 1 it deviated, 2 the drill could not
     run, 3 the target does not apply to this configuration.
     """
+    from vagent.cli.drill import DrillAborted, Plan, run_drill
+    from vagent.cli.drill_report import EXIT_NOT_APPLICABLE, report_view
+
     if target not in control.TARGETS:
         _fail(f"unknown target {target!r}: choose one of {', '.join(control.TARGETS)}")
     if mode not in control.MODES:
@@ -392,6 +397,9 @@ def _hold_drill(
     settings: Settings, target: str, mode: str, duration_s: float, as_json_flag: bool
 ) -> NoReturn:
     """`simulate-failure --hold`: inject, say where and until when, and return."""
+    from vagent.cli.drill import not_applicable
+    from vagent.cli.drill_report import EXIT_NOT_APPLICABLE, held_view
+
     try:
         answers = asyncio.run(control.inject(settings, target, mode, duration_s))
     except control.ControlError as error:
@@ -427,6 +435,8 @@ def restore(
 
     Exit code: 0 done (also when no drill was running), 2 a service could not be asked.
     """
+    from vagent.cli.drill_report import restored_view
+
     if (target is None) != all_drills:
         _fail("give a TARGET or --all (one of them)")
     if target is not None and target not in control.TARGETS:

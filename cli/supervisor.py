@@ -24,7 +24,7 @@ from typing import Any, cast
 from supervisor.xmlrpc import SupervisorTransport
 
 from vagent.services.config import ENV_FILE_VARIABLE, SERVICES, Settings, env_file
-from vagent.services.control import write_token
+from vagent.services.control_token import write_token
 
 STOP_MARGIN_S = 10  # supervisord waits the drain bound plus this before it kills
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,39 +34,11 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from vagent.services.config import Settings
+from vagent.services.control_token import read_token_file
 from vagent.services.faults import FAULTS, Fault, Mode, Target
 from vagent.services.health import Check, CheckResult
 
-TOKEN_FILE = "control.token"
 PREFIX = "/control"
-
-
-def token_path(settings: Settings) -> Path:
-    return settings.run_dir / TOKEN_FILE
-
-
-def write_token(settings: Settings) -> str:
-    """Write a fresh token, mode 0600, and return it. The run dir must exist (0700)."""
-    token = secrets.token_hex(32)
-    fd = os.open(token_path(settings), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        os.fchmod(handle.fileno(), 0o600)  # O_CREAT's mode does not apply to an existing file
-        handle.write(token)
-    return token
-
-
-def read_token(settings: Settings) -> str | None:
-    """The token of the running stack; None when the file is missing, empty or unreadable."""
-    return _read(token_path(settings))
-
-
-def _read(path: Path) -> str | None:
-    try:
-        token = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return token or None
 
 
 class FaultRequest(BaseModel):
@@ -144,7 +114,7 @@ class ControlGuard:
     def _refusal(self, scope: Scope) -> JSONResponse | None:
         if not _on_loopback(scope.get("server")):
             return _error(403, "control endpoints answer on loopback only")
-        token = _read(self.token_file)
+        token = read_token_file(self.token_file)
         if token is None:
             return _error(503, "no control token: start vagent with vagent up")
         if not hmac.compare_digest(_bearer(scope).encode(), token.encode()):

@@ -26,7 +26,8 @@ from vagent import __version__
 from vagent.services import metrics
 from vagent.services.bus import Bus, Consumer, ConsumerConfig, Handler
 from vagent.services.config import ConfigError, Settings, load_settings
-from vagent.services.control import ControlApi, drill_check, token_path
+from vagent.services.control import ControlApi, drill_check
+from vagent.services.control_token import token_path
 from vagent.services.health import Check, CheckResult, CheckStatus, HealthMonitor, http_status
 from vagent.services.logs import configure_logging
 from vagent.services.redis_client import RedisStore

@@ -21,7 +21,8 @@ import pytest
 from vagent.services import metrics
 from vagent.services.call_controller import service as call_controller
 from vagent.services.config import Settings
-from vagent.services.control import ControlApi, read_token, token_path, write_token
+from vagent.services.control import ControlApi
+from vagent.services.control_token import read_token, token_path, write_token
 from vagent.services.faults import FAULTS, SLOW_FRACTION, FaultRegistry, SimulatedFailure
 from vagent.services.health import Check, CheckResult, HealthMonitor, ServingTracker
 from vagent.services.llm_service import service as llm_service
