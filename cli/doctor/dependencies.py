@@ -276,9 +276,6 @@ async def _ari_findings(budget: _Budget, client: AriClient) -> list[Finding]:
         info, ms = await budget.timed(client.asterisk_info())
     except (AriError, TimeoutError) as exc:
         return [_ari_info_failure(budget, client.root, exc)]
-    except ValueError:  # a 200 that is not JSON: some other web server
-        output = f"{client.root}/asterisk/info answers, but not with ARI's JSON"
-        return [_ari("reachable", "fail", output, fix=_ARI_URL_FIX)]
     user = budget.settings.ari_user
     version = str(info.get("system", {}).get("version", "unknown"))
     return [
@@ -314,6 +311,9 @@ def _ari_info_failure(budget: _Budget, root: str, exc: AriError | TimeoutError) 
             "`asterisk -rx 'module reload res_ari.so'`; if that URL is not Asterisk's "
             "HTTP server, fix VAGENT_ARI_URL",
         )
+    if status is not None and status < 400:  # a 200 that is not ARI's JSON: another server
+        output = f"{root}/asterisk/info answers, but not with ARI's JSON"
+        return _ari("reachable", "fail", output, status, _ARI_URL_FIX)
     if status is not None:
         fix = "see Asterisk's log (/var/log/asterisk/messages)" if status >= 500 else _ARI_URL_FIX
         return _ari("reachable", "fail", str(exc), status, fix)
@@ -327,7 +327,7 @@ async def _ari_app(budget: _Budget, client: AriClient) -> Finding:
     app = budget.settings.ari_app
     try:
         body = await budget.bounded(client.request("GET", f"/applications/{quote(app, safe='')}"))
-    except (AriError, TimeoutError, ValueError) as exc:  # ValueError: a body that is not JSON
+    except (AriError, TimeoutError) as exc:
         if isinstance(exc, AriError) and exc.status == 404:
             return await _ari_app_missing(budget)
         reason = _reason(exc, budget.timeout_s)
