@@ -100,8 +100,9 @@ ACTIVE_CALLS = Gauge(
 )
 CALL_EVENTS = Counter(
     "vagent_call_events_total",
-    "Call flow events: started, refused (draining), ended, barge_in, filler, error_prompt, "
-    "characters.",
+    "Call flow events: started, refused (draining), ended, barge_in, barge_in_discarded, "
+    "filler, error_prompt, characters, turn_sent_again (no reply yet at the budget), "
+    "resumed and adopted (calls a dead controller left).",
     ["event"],
     registry=REGISTRY,
 )

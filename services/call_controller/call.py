@@ -9,6 +9,12 @@ prompt; when the bus is down or the turn dies, the ERROR_GENERIC prompt, and
 the call goes back to the dialplan or hangs up as configured. A hangup at any
 moment cancels every task of the call and frees the socket, the media channel
 and the bridge; nothing later speaks into a dead call.
+
+A call can be *resumed*: a controller that starts after another one died
+(kill -9, OOM) takes over the callers it left in the Stasis app. Their media
+channel points at a socket nobody owns any more, so it goes, with the old
+bridge, and the call is set up again; instead of the greeting the caller is
+asked to repeat (RESUME_PROMPT): whatever they said meanwhile was lost.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +35,12 @@ from vagent.services.call_controller.anchor import AnchoredMedia, MediaAnchorErr
 from vagent.services.call_controller.ari import AriClient
 from vagent.services.call_controller.rtp import RtpEndpoint
 from vagent.services.call_controller.speaker import Piece, Speaker
-from vagent.services.call_controller.vad import Endpointer, SpeechStarted, UtteranceEnded
+from vagent.services.call_controller.vad import (
+    Endpointer,
+    SpeechDiscarded,
+    SpeechStarted,
+    UtteranceEnded,
+)
 from vagent.services.config import Settings
 from vagent.services.logs import call_id_var
 from vagent.services.redis_client import RedisStore
@@ -36,6 +48,36 @@ from vagent.services.tts_service.prompts import PromptCache
 from vagent.services.turn import STT, TTS, turn_times
 
 log = logging.getLogger("vagent.call")
+
+RESUME_PROMPT = "ERROR_STT"  # "I'm sorry, I didn't catch that. Could you please repeat...?"
+HAND_OVER_RETRY_S = 0.2  # while the bus does not take an utterance
+SEND_AGAIN_S = 1.0  # how often a turn with no reply yet is handed to the bus again
+FILLER_S = 1.5  # the filler's length when it could not be rendered (Asterisk says it)
+
+Send = Callable[[], Awaitable[None]]
+
+
+BRIDGE_PREFIX, MEDIA_SUFFIX = "vagent-", "-media"
+
+
+def bridge_name(channel_id: str) -> str:
+    """A call's mixing bridge is named after its caller, so another process can find it."""
+    return f"{BRIDGE_PREFIX}{channel_id}"
+
+
+def media_name(channel_id: str) -> str:
+    """A call's ExternalMedia channel id, named after its caller like the bridge."""
+    return f"{channel_id}{MEDIA_SUFFIX}"
+
+
+def caller_of_bridge(bridge_id: str) -> str | None:
+    """The caller a bridge named by `bridge_name` belongs to (None: not one of ours)."""
+    return bridge_id.removeprefix(BRIDGE_PREFIX) if bridge_id.startswith(BRIDGE_PREFIX) else None
+
+
+def caller_of_media(channel_id: str) -> str | None:
+    """The caller a media channel named by `media_name` belongs to (None: not one of ours)."""
+    return channel_id.removesuffix(MEDIA_SUFFIX) if channel_id.endswith(MEDIA_SUFFIX) else None
 
 
 @dataclass
@@ -59,6 +101,7 @@ class Turn:
     next_seq: int = 0
     count: int | None = None
     heard: bool = False
+    filler: bool = False  # the filler was played
 
     @property
     def finished(self) -> bool:
@@ -66,12 +109,13 @@ class Turn:
 
 
 class Call:
-    def __init__(self, ctx: CallContext, channel: dict[str, Any]) -> None:
+    def __init__(self, ctx: CallContext, channel: dict[str, Any], *, resumed: bool = False) -> None:
         self.ctx = ctx
         self.channel_id = str(channel["id"])
         self.ringing = channel.get("state") != "Up"
-        self.bridge_id = f"vagent-{self.channel_id}"
-        self.media_id = f"{self.channel_id}-media"
+        self.resumed = resumed
+        self.bridge_id = bridge_name(self.channel_id)
+        self.media_id = media_name(self.channel_id)
         self.endpoint: RtpEndpoint | None = None
         self.anchored: AnchoredMedia | None = None
         self.turn: Turn | None = None
@@ -123,12 +167,22 @@ class Call:
         ari, settings = self.ctx.ari, self.ctx.settings
         if self.ringing:
             await ari.answer(self.channel_id)
+        if self.resumed:
+            await self._clear_leftovers()
         self.endpoint = await RtpEndpoint.open(settings.media_host, 0)
         await ari.create_bridge(self.bridge_id)
         self.endpoint.set_remote(*await self._media_channel())
         await ari.add_channels(self.bridge_id, self.channel_id, self.media_id)
         metrics.CALL_EVENTS.labels("started").inc()
         return Speaker(self.endpoint, ari, self.channel_id)
+
+    async def _clear_leftovers(self) -> None:
+        """A resumed call: the dead process's media channel and bridge go (either may be
+        gone already), so that both can be made again under the same names."""
+        with contextlib.suppress(Exception):
+            await self.ctx.ari.hangup(self.media_id)
+        with contextlib.suppress(Exception):
+            await self.ctx.ari.destroy_bridge(self.bridge_id)
 
     async def _media_channel(self) -> tuple[str, int]:
         """The ExternalMedia channel; returns where our RTP must go.
@@ -169,24 +223,33 @@ class Call:
 
     async def _greet(self, speaker: Speaker) -> None:
         turn = self._new_turn()
-        body = {"type": "prompt", "seq": 0, "name": "GREETING", "trace": {}}
+        name = RESUME_PROMPT if self.resumed else "GREETING"
+        body = {"type": "prompt", "seq": 0, "name": name, "trace": {}}
         end = {"type": "end", "count": 1, "trace": {}}
         try:
             await self._publish(TTS, turn, f"{turn.turn_id}:tts:0", body)
             await self._publish(TTS, turn, f"{turn.turn_id}:tts:end", end)
         except Exception as exc:
             log.warning("greeting through the bus failed (%s): playing it locally", exc)
-            self._local_prompt(speaker, "GREETING", turn.turn_id)
+            self._local_prompt(speaker, name, turn.turn_id)
 
     async def _listen(self, speaker: Speaker) -> None:
         assert self.endpoint is not None
         endpointer = Endpointer()
+        interrupted = False  # a barge-in stopped the agent, and no utterance came of it yet
         async for frame in self.endpoint.frames():
             for event in endpointer.process(frame):
                 if isinstance(event, SpeechStarted) and speaker.busy:
+                    interrupted = True
                     await self._barge_in(speaker)
                 elif isinstance(event, UtteranceEnded):
+                    interrupted = False
+                    if speaker.busy:  # it started while the caller spoke: talked over too
+                        await self._barge_in(speaker)
                     await self._utterance(speaker, event.audio)
+                elif isinstance(event, SpeechDiscarded) and interrupted:
+                    interrupted = False
+                    self._not_caught(speaker, event)
 
     async def _barge_in(self, speaker: Speaker) -> None:
         metrics.CALL_EVENTS.labels("barge_in").inc()
@@ -194,28 +257,93 @@ class Call:
         self.turn = None  # whatever the old turn still sends is not wanted any more
         await speaker.interrupt()
 
+    def _not_caught(self, speaker: Speaker, event: SpeechDiscarded) -> None:
+        """The agent stopped for what was no utterance after all (a cough, the tail of a
+        sentence a resumed call only half heard): silence now would leave the caller
+        waiting for nothing, so ask them to say it again."""
+        metrics.CALL_EVENTS.labels("barge_in_discarded").inc()
+        log.info("barge-in on %s (%.2fs): asking to repeat", event.reason, event.speech_s)
+        self._local_prompt(speaker, "ERROR_STT", uuid.uuid4().hex)
+
     async def _utterance(self, speaker: Speaker, audio: Audio) -> None:
         turn = self._new_turn()
         body = {"format": "ulaw8k", "trace": {}}
-        try:
-            await self._publish(STT, turn, f"{turn.turn_id}:stt", body, ulaw_encode(audio))
-        except Exception as exc:
-            log.error("cannot hand the utterance to the bus (%s)", exc)
-            await self._give_up(speaker, turn)
-            return
-        watcher = asyncio.create_task(self._watch(speaker, turn))
+        payload = ulaw_encode(audio)
+
+        async def send() -> None:
+            await self._publish(STT, turn, f"{turn.turn_id}:stt", body, payload)
+
+        watcher = asyncio.create_task(self._follow(speaker, turn, send))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
+
+    async def _follow(self, speaker: Speaker, turn: Turn, send: Send) -> None:
+        """A turn from the end of the utterance: handed to the bus, handed again while
+        nothing comes back, the filler at the budget, the error prompt if it dies.
+
+        The bus is Redis, and Redis keeps nothing across a restart (it holds live
+        turns only): a turn handed over just before one is gone for good unless it
+        is sent again. A copy costs nothing when the turn was only slow: the stt
+        consumer skips a msg_id it already has. A bus that has not taken the
+        utterance by the turn's budget gets as long as the filler plays to come
+        back (a Redis restart takes a second or two); then it is down, and the
+        caller hears the error prompt right after the filler.
+        """
+        handed = await self._hand_over(turn, send, turn.budget_at)
+        if not handed and self.turn is turn:
+            filler_end = time.time() + self._filler(speaker, turn)
+            handed = await self._hand_over(turn, send, filler_end)
+            if not handed:  # the error prompt comes right after the filler, not over it
+                await asyncio.sleep(max(0.0, filler_end - time.time()))
+        if not handed:
+            if self.turn is turn:  # not talked over meanwhile
+                log.error("the bus did not take the utterance by the end of the filler")
+                await self._give_up(speaker, turn)
+            return
+        again = asyncio.create_task(self._send_again(turn, send))
+        try:
+            await self._watch(speaker, turn)
+        finally:
+            again.cancel()
+
+    async def _hand_over(self, turn: Turn, send: Send, until: float) -> bool:
+        """Until the bus takes the utterance (True), or `until` (False): a Redis that
+        restarts is away longer than the policy's three quick attempts."""
+        while True:
+            try:
+                await send()
+                return True
+            except Exception as exc:
+                log.warning("handing the utterance to the bus failed (%s)", exc)
+            if time.time() + HAND_OVER_RETRY_S >= until or self.turn is not turn:
+                return False
+            await asyncio.sleep(HAND_OVER_RETRY_S)
+
+    async def _send_again(self, turn: Turn, send: Send) -> None:
+        """From the budget on, while nothing of the reply has come back."""
+        await asyncio.sleep(max(0.0, turn.budget_at - time.time()))
+        while self.turn is turn and not turn.heard and time.time() < turn.deadline:
+            metrics.CALL_EVENTS.labels("turn_sent_again").inc()
+            with contextlib.suppress(Exception):
+                await send()
+            await asyncio.sleep(SEND_AGAIN_S)
 
     async def _watch(self, speaker: Speaker, turn: Turn) -> None:
         """The filler at the budget; the error prompt when the turn dies."""
         await asyncio.sleep(max(0.0, turn.budget_at - time.time()))
-        if self.turn is turn and not turn.heard:
-            metrics.CALL_EVENTS.labels("filler").inc()
-            self._local_prompt(speaker, "FILLER", turn.turn_id)
+        if self.turn is turn and not turn.heard and not turn.filler:
+            self._filler(speaker, turn)
         await asyncio.sleep(max(0.0, turn.deadline - time.time()))
         if self.turn is turn and not turn.finished and not turn.heard:
             await self._give_up(speaker, turn)
+
+    def _filler(self, speaker: Speaker, turn: Turn) -> float:
+        """Play the filler; how long it lasts."""
+        metrics.CALL_EVENTS.labels("filler").inc()
+        turn.filler = True
+        self._local_prompt(speaker, "FILLER", turn.turn_id)
+        prompt = self.ctx.prompts.get("FILLER")
+        return prompt.duration_s if prompt else FILLER_S
 
     async def _give_up(self, speaker: Speaker, turn: Turn) -> None:
         metrics.CALL_EVENTS.labels("error_prompt").inc()

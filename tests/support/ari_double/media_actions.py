@@ -14,7 +14,7 @@ import numpy as np
 
 from vagent.services.audio import read_wav
 
-from .caller import SimulatedCaller, SpeechRecord
+from .caller import HeardChunk, SimulatedCaller, SpeechRecord
 from .engine import Engine
 from .media import PlaybackRecord
 from .payloads import Samples
@@ -70,6 +70,15 @@ def heard(engine: Engine, channel_id: str) -> Samples:
     if channel_id in media.callers:
         return media.callers[channel_id].heard_samples()
     raise KeyError(f"{channel_id!r} is neither an ExternalMedia RTP channel nor an inbound call")
+
+
+def heard_chunks(engine: Engine, channel_id: str, start: int = 0) -> list[HeardChunk]:
+    """The caller's ear packet by packet, from index ``start``: arrival time and samples.
+
+    Incremental on purpose: a soak polls many calls for minutes, and copying
+    the whole ear on every poll would slow the loop that paces the RTP.
+    """
+    return list(caller(engine, channel_id).heard[start:])
 
 
 def rtp_log(engine: Engine, channel_id: str) -> list[PacketRecord]:

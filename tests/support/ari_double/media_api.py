@@ -27,7 +27,7 @@ from typing import TypeVar
 from vagent.services.audio import Audio
 
 from . import media_actions
-from .caller import SpeechRecord
+from .caller import HeardChunk, SpeechRecord
 from .engine import Engine
 from .media import PlaybackRecord
 from .recorder import PacketRecord
@@ -80,6 +80,12 @@ class MediaControls:
         """
         samples = self._call(lambda e: media_actions.heard(e, channel_id))
         return Audio(samples.astype("<i2").tobytes(), media_actions.HEARD_RATE)
+
+    def heard_chunks(self, channel_id: str, start: int = 0) -> list[HeardChunk]:
+        """What reached the caller of ``channel_id``, one chunk per accepted packet
+        (arrival time and 8 kHz samples), from index ``start``: poll it to follow
+        a call as it goes without copying what was already read."""
+        return self._call(lambda e: media_actions.heard_chunks(e, channel_id, start))
 
     def rtp_log(self, channel_id: str) -> list[PacketRecord]:
         """Every datagram the app sent to the ExternalMedia channel, with the verdict
