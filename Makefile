@@ -32,10 +32,8 @@ run: install
 	@$(VENV)/bin/vagent up; rc=$$?; [ $$rc -le 1 ] || exit $$rc
 	@$(VENV)/bin/vagent status; true
 
-# Two workers, one test module each at a time (module fixtures stay whole): the
-# slow tests mostly wait on real processes, so two cores run two modules at once.
 test: install
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check .
