@@ -272,3 +272,39 @@ def test_what_the_agent_started_while_the_caller_spoke_stops_when_they_finish(
     assert total < len(long_reply) * 0.06 - 2.0, total  # the long first answer was cut
     assert total > len(REPLY) * 0.06, total  # and the second one was heard
     ari.hangup(channel)
+
+
+def test_the_filler_plays_at_the_budget_while_redis_hangs(
+    stack: Stack, doubles: tuple[AriDouble, OpenAIDouble]
+) -> None:
+    """The soak on a loaded host found turns with no audio for seven seconds: the
+    filler's timer only started once the utterance was on the bus, and a Redis that
+    answers slowly held the hand-over (three attempts of up to 2 s). The filler is the
+    controller's own and now plays at the budget whatever Redis does; a bus still
+    away when it ends is down: the error prompt follows."""
+    ari, _ = doubles
+    channel = call(ari)
+    wait_quiet(ari, channel)
+    held = stack.vagent(
+        "simulate-failure", "redis", "--mode", "timeout", "--duration", "30s", "--hold"
+    )
+    assert held.returncode == 0, held.stdout + held.stderr
+    try:
+        start = len(ari.heard_chunks(channel))
+        ari.say(channel, speech("When are you open?"))
+        ari.wait_until_said(channel)
+        said = ari.speech_log(channel)[-1].finished_at or 0.0
+        wait_for(lambda: len(ari.heard_chunks(channel)) > start, 10, "agent audio")
+        first = ari.heard_chunks(channel, start)[0].time
+        assert first - said < 1.5 + 0.66 + 0.5  # the budget, not the Redis timeouts
+        wait_for(
+            lambda: (
+                ("POST", f"/ari/channels/{channel}/continue")
+                in [(r.method, r.path) for r in ari.requests]
+            ),
+            20,
+            "the error prompt, then the dialplan",
+        )
+    finally:
+        stack.vagent("restore", "redis")
+    ari.hangup(channel)

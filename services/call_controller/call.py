@@ -101,7 +101,6 @@ class Turn:
     next_seq: int = 0
     count: int | None = None
     heard: bool = False
-    filler: bool = False  # the filler was played
 
     @property
     def finished(self) -> bool:
@@ -284,37 +283,51 @@ class Call:
         The bus is Redis, and Redis keeps nothing across a restart (it holds live
         turns only): a turn handed over just before one is gone for good unless it
         is sent again. A copy costs nothing when the turn was only slow: the stt
-        consumer skips a msg_id it already has. A bus that has not taken the
-        utterance by the turn's budget gets as long as the filler plays to come
-        back (a Redis restart takes a second or two); then it is down, and the
-        caller hears the error prompt right after the filler.
+        consumer skips a msg_id it already has. The filler is the controller's own:
+        it plays at the budget whatever the bus does, even while a slow Redis
+        holds the hand-over.
         """
-        handed = await self._hand_over(turn, send, turn.budget_at)
-        if not handed and self.turn is turn:
-            filler_end = time.time() + self._filler(speaker, turn)
-            handed = await self._hand_over(turn, send, filler_end)
-            if not handed:  # the error prompt comes right after the filler, not over it
-                await asyncio.sleep(max(0.0, filler_end - time.time()))
-        if not handed:
-            if self.turn is turn:  # not talked over meanwhile
-                log.error("the bus did not take the utterance by the end of the filler")
-                await self._give_up(speaker, turn)
-            return
-        again = asyncio.create_task(self._send_again(turn, send))
+        filler = asyncio.create_task(self._filler_at_budget(speaker, turn))
+        again: asyncio.Task[None] | None = None
         try:
-            await self._watch(speaker, turn)
+            if not await self._deliver(turn, send, filler):
+                if self.turn is turn:  # not talked over meanwhile
+                    log.error("the bus did not take the utterance by the end of the filler")
+                    await self._give_up(speaker, turn)
+                return
+            again = asyncio.create_task(self._send_again(turn, send))
+            await asyncio.sleep(max(0.0, turn.deadline - time.time()))
+            if self.turn is turn and not turn.finished and not turn.heard:
+                await self._give_up(speaker, turn)
         finally:
-            again.cancel()
+            filler.cancel()
+            if again is not None:
+                again.cancel()
+
+    async def _deliver(self, turn: Turn, send: Send, filler: asyncio.Task[float]) -> bool:
+        """Hand the utterance to the bus by the budget, or while the filler plays (a
+        Redis restart takes a second or two); False: the bus is down, and the error
+        prompt may follow the filler."""
+        if await self._hand_over(turn, send, turn.budget_at):
+            return True
+        if self.turn is not turn:
+            return False
+        filler_end = await filler
+        if await self._hand_over(turn, send, filler_end):
+            return True
+        await asyncio.sleep(max(0.0, filler_end - time.time()))
+        return False
 
     async def _hand_over(self, turn: Turn, send: Send, until: float) -> bool:
         """Until the bus takes the utterance (True), or `until` (False): a Redis that
-        restarts is away longer than the policy's three quick attempts."""
+        restarts is away longer than the policy's three quick attempts, and one that
+        hangs must not hold the turn past `until`."""
         while True:
             try:
-                await send()
+                await asyncio.wait_for(send(), timeout=max(0.1, until - time.time()))
                 return True
             except Exception as exc:
-                log.warning("handing the utterance to the bus failed (%s)", exc)
+                log.warning("handing the utterance to the bus failed (%r)", exc)
             if time.time() + HAND_OVER_RETRY_S >= until or self.turn is not turn:
                 return False
             await asyncio.sleep(HAND_OVER_RETRY_S)
@@ -328,22 +341,15 @@ class Call:
                 await send()
             await asyncio.sleep(SEND_AGAIN_S)
 
-    async def _watch(self, speaker: Speaker, turn: Turn) -> None:
-        """The filler at the budget; the error prompt when the turn dies."""
+    async def _filler_at_budget(self, speaker: Speaker, turn: Turn) -> float:
+        """The filler, when the budget passes with nothing heard; when it will have ended."""
         await asyncio.sleep(max(0.0, turn.budget_at - time.time()))
-        if self.turn is turn and not turn.heard and not turn.filler:
-            self._filler(speaker, turn)
-        await asyncio.sleep(max(0.0, turn.deadline - time.time()))
-        if self.turn is turn and not turn.finished and not turn.heard:
-            await self._give_up(speaker, turn)
-
-    def _filler(self, speaker: Speaker, turn: Turn) -> float:
-        """Play the filler; how long it lasts."""
+        if self.turn is not turn or turn.heard:
+            return time.time()
         metrics.CALL_EVENTS.labels("filler").inc()
-        turn.filler = True
         self._local_prompt(speaker, "FILLER", turn.turn_id)
         prompt = self.ctx.prompts.get("FILLER")
-        return prompt.duration_s if prompt else FILLER_S
+        return time.time() + (prompt.duration_s if prompt else FILLER_S)
 
     async def _give_up(self, speaker: Speaker, turn: Turn) -> None:
         metrics.CALL_EVENTS.labels("error_prompt").inc()
