@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from stack import _env, _hanging_servers, _timed, _vagent
 
-from conftest import RedisServer
+from conftest import RedisServer, lab_asterisk_config
 from support.ari_double import AriDouble
 from support.openai_double import OpenAIDouble
 from support.rtpengine_proc import RtpEngineProcess
@@ -31,7 +31,6 @@ from support.rtpengine_proc import RtpEngineProcess
 KEY = "sk-bench-doctor-0123456789abcdef"
 ARI_PASSWORD = "bench-doctor-ari-7c41e09b"
 TIMEOUT_S = 3.0  # doctor's default --timeout
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "asterisk-configs"
 
 
 def _stats(samples: list[float]) -> str:
@@ -52,17 +51,6 @@ def _doctor(env: dict[str, str], runs: int, *args: str) -> tuple[list[float], li
         inner.append(float(json.loads(result.stdout)["duration_ms"]))
         codes.add(result.returncode)
     return walls, inner, ", ".join(map(str, sorted(codes)))
-
-
-def _asterisk_config(root: Path, ari_port: int) -> Path:
-    """The lab's http.conf and ari.conf, bound to the ARI double, with its password."""
-    root.mkdir()
-    http = (SHARED / "lab-http.conf").read_text().replace("8088", str(ari_port))
-    ari = (SHARED / "lab-ari.conf").read_text().replace("CHANGEME", ARI_PASSWORD)
-    (root / "http.conf").write_text(http)
-    (root / "ari.conf").write_text(ari)
-    (root / "ari.conf").chmod(0o640)
-    return root
 
 
 @contextmanager
@@ -93,7 +81,7 @@ def _configured() -> Iterator[dict[str, str]]:
             ):
                 home = Path(work) / "home"
                 home.mkdir()
-                config = _asterisk_config(Path(work) / "asterisk", ari.port)
+                config = lab_asterisk_config(Path(work) / "asterisk", ari.port, ARI_PASSWORD)
                 env = _env(
                     home,
                     VAGENT_REDIS_URL=redis.url,

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,12 @@ from typing import Any
 import pytest
 import redis
 
+from support.ari_double import AriDouble
+from support.openai_double import OpenAIDouble
 from support.rtpengine_proc import RtpEngineProcess
 from vagent.services.rtpengine import RtpEngineClient
+
+ASTERISK_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "asterisk-configs"
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -174,3 +179,79 @@ async def client(rtpengine: RtpEngineProcess) -> AsyncIterator[RtpEngineClient]:
     """An ng client of that daemon."""
     async with RtpEngineClient.from_address(rtpengine.ng_address, timeout_s=2.0) as ng:
         yield ng
+
+
+def lab_asterisk_config(root: Path, ari_port: int, password: str) -> Path:
+    """The lab Asterisk's http.conf and ari.conf (shared/asterisk-configs), bound to the
+    ARI double's port, with `password` for user vagent: what doctor reads on a real host."""
+    root.mkdir()
+    http = (ASTERISK_CONFIGS / "lab-http.conf").read_text()
+    ari = (ASTERISK_CONFIGS / "lab-ari.conf").read_text()
+    (root / "http.conf").write_text(http.replace("bindport = 8088", f"bindport = {ari_port}"))
+    (root / "ari.conf").write_text(ari.replace("password = CHANGEME", f"password = {password}"))
+    (root / "ari.conf").chmod(0o640)
+    return root
+
+
+@dataclass(frozen=True)
+class Configured:
+    """A fully configured stack and the outside world it talks to."""
+
+    stack: Stack
+    up: subprocess.CompletedProcess[str]
+    ai: OpenAIDouble
+    ari: AriDouble
+    rtpengine: RtpEngineProcess
+
+
+@contextmanager
+def configured_stack(
+    workdir: Path,
+    *,
+    openai_key: str,
+    ari_password: str,
+    ari_user: str = "vagent",
+    redis_url: str | None = None,
+    strict_ari: bool = True,
+    asterisk_config: bool = False,
+    **extra: str,
+) -> Iterator[Configured]:
+    """`vagent up` against everything configured: an external Redis (`redis_url`, or a
+    fresh redis-server), the OpenAI double, the ARI double and the real rtpengine.
+    A strict ARI double fails the block on any request real Asterisk would refuse;
+    tests that break calls on purpose turn that off. `asterisk_config` points doctor
+    at the lab's http.conf and ari.conf, made to match the ARI double. `extra` adds
+    environment variables. Waiting for health is the caller's business."""
+    server = None
+    if redis_url is None:
+        server = RedisServer(workdir)
+        server.start()
+        redis_url = server.url
+    try:
+        with (
+            OpenAIDouble(api_key=openai_key) as ai,
+            AriDouble(user=ari_user, password=ari_password, fail_on_violations=strict_ari) as ari,
+            RtpEngineProcess() as rtpengine,
+        ):
+            if asterisk_config:
+                config = lab_asterisk_config(workdir / "asterisk", ari.port, ari_password)
+                extra["VAGENT_ASTERISK_CONFIG_DIR"] = str(config)
+            stack = make_stack(
+                workdir,
+                VAGENT_REDIS_URL=redis_url,
+                OPENAI_API_KEY=openai_key,
+                OPENAI_BASE_URL=ai.base_url,
+                VAGENT_ARI_URL=ari.base_url,
+                VAGENT_ARI_USER=ari_user,
+                VAGENT_ARI_PASSWORD=ari_password,
+                VAGENT_RTPENGINE_NG=rtpengine.ng_address,
+                **extra,
+            )
+            up = stack.vagent("up", "--timeout", "60")
+            try:
+                yield Configured(stack, up, ai, ari, rtpengine)
+            finally:
+                stack.vagent("down")
+    finally:
+        if server is not None:
+            server.stop()

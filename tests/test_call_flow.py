@@ -100,12 +100,13 @@ def wait_heard(ari: AriDouble, channel: str, at_least_s: float, timeout: float =
 
 
 def wait_quiet(ari: AriDouble, channel: str, quiet_s: float = 0.6, timeout: float = 30) -> float:
-    """Until the agent has sent nothing for `quiet_s`; returns what the caller heard."""
+    """Until the agent has spoken and then sent nothing for `quiet_s`; returns what the
+    caller heard. (Every call hears at least its greeting: nothing yet is not quiet.)"""
     last = -1.0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         now = heard_s(ari, channel)
-        if now == last:
+        if now == last and now > 0:
             return now
         last = now
         time.sleep(quiet_s)

@@ -22,16 +22,12 @@ from typing import Any
 
 import pytest
 
-from conftest import RedisServer, Stack, make_stack, status, wait_for
-from support.ari_double import AriDouble
-from support.openai_double import OpenAIDouble
-from support.rtpengine_proc import RtpEngineProcess
+from conftest import Stack, configured_stack, make_stack, status, wait_for
 from vagent.cli.supervisor import Supervisor
 from vagent.services.config import SERVICES, Settings
 
 pytestmark = pytest.mark.slow
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 OPENAI_KEY = "sk-test-doctor-SECRET-key-9191"
 ARI_PASSWORD = "ari-doctor-SECRET-password-31"
 SUMMARY = re.compile(
@@ -219,47 +215,14 @@ def test_three_kills_in_a_row_are_a_crash_loop(embedded: dict[str, Any]) -> None
 # --------------------------------------------------------------------------- configured
 
 
-def asterisk_dir(root: Path, port: int, password: str) -> Path:
-    """The lab's http.conf and ari.conf, bound to the ARI double's port, with a real password."""
-    root.mkdir()
-    http = (SHARED / "asterisk-configs" / "lab-http.conf").read_text()
-    ari = (SHARED / "asterisk-configs" / "lab-ari.conf").read_text()
-    (root / "http.conf").write_text(http.replace("bindport = 8088", f"bindport = {port}"))
-    (root / "ari.conf").write_text(ari.replace("password = CHANGEME", f"password = {password}"))
-    (root / "ari.conf").chmod(0o640)
-    return root
-
-
 @pytest.fixture(scope="module")
 def configured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     workdir = tmp_path_factory.mktemp("doctor-configured")
-    redis = RedisServer(workdir)
-    redis.start()
-    with (
-        OpenAIDouble(api_key=OPENAI_KEY) as openai,
-        AriDouble(user="vagent", password=ARI_PASSWORD) as ari,
-        RtpEngineProcess() as rtpengine,
-    ):
-        stack = make_stack(
-            workdir,
-            VAGENT_REDIS_URL=redis.url,
-            OPENAI_API_KEY=OPENAI_KEY,
-            OPENAI_BASE_URL=openai.base_url,
-            VAGENT_ARI_URL=ari.base_url,
-            VAGENT_ARI_USER="vagent",
-            VAGENT_ARI_PASSWORD=ARI_PASSWORD,
-            VAGENT_RTPENGINE_NG=rtpengine.ng_address,
-            VAGENT_ASTERISK_CONFIG_DIR=str(
-                asterisk_dir(workdir / "asterisk", ari.port, ARI_PASSWORD)
-            ),
-        )
-        stack.vagent("up", "--timeout", "60")
-        try:
-            wait_for(lambda: status(stack)[0] == 0, 30, "every service healthy")
-            yield {"stack": stack, "openai": openai, "ari": ari}
-        finally:
-            stack.vagent("down")
-            redis.stop()
+    with configured_stack(
+        workdir, openai_key=OPENAI_KEY, ari_password=ARI_PASSWORD, asterisk_config=True
+    ) as world:
+        wait_for(lambda: status(world.stack)[0] == 0, 30, "every service healthy")
+        yield {"stack": world.stack, "openai": world.ai, "ari": world.ari}
 
 
 # Checks a loaded test host can turn yellow for a moment on a healthy stack: Redis's

@@ -14,17 +14,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from test_call_flow import heard_s, live_calls, speech, wait_quiet
 
-from conftest import RedisServer, Stack, free_port_block, make_stack, wait_for
+from conftest import (
+    Configured,
+    Stack,
+    configured_stack,
+    free_port_block,
+    make_stack,
+    wait_for,
+)
 from support.ari_double import AriDouble
-from support.openai_double import OpenAIDouble
-from support.rtpengine_proc import RtpEngineProcess
 from vagent.cli import control
 from vagent.cli.control import ControlError, parse_duration
 from vagent.cli.drill import Drill, Plan
@@ -46,49 +51,26 @@ SLOWER_MS = 300  # a slow AI provider's turn comes at least this much later than
 STEADY = ("before", "after")
 
 
-@dataclass(frozen=True)
-class World:
-    stack: Stack
-    ai: OpenAIDouble
-    ari: AriDouble
-    rtpengine: RtpEngineProcess
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    workdir = tmp_path_factory.mktemp("drills")
-    redis = RedisServer(workdir)
-    redis.start()
-    with (
-        OpenAIDouble(api_key=KEY) as ai,
-        AriDouble(user="vagent", password=PASSWORD, fail_on_violations=False) as ari,
-        RtpEngineProcess() as rtpengine,
-    ):
-        stack = make_stack(
-            workdir,
-            VAGENT_REDIS_URL=redis.url,
-            OPENAI_API_KEY=KEY,
-            OPENAI_BASE_URL=ai.base_url,
-            VAGENT_ARI_URL=ari.base_url,
-            VAGENT_ARI_PASSWORD=PASSWORD,
-            VAGENT_RTPENGINE_NG=rtpengine.ng_address,
-            VAGENT_MEDIA_MODE="rtpengine",  # so the rtpengine drill has something to fall from
-            VAGENT_TURN_BUDGET_MS="1500",  # the double answers in ms: the default budget suits
-            VAGENT_DRAIN_S="3",
-        )
-        up = stack.vagent("up", "--timeout", "60")
-        try:
-            assert up.returncode in (0, 1), up.stdout + up.stderr  # 1 while prompts render
-            wait_for(lambda: steady(stack), 40, "every service healthy")
-            ari.wait_for_app(timeout=10)
-            yield World(stack, ai, ari, rtpengine)
-        finally:
-            stack.vagent("down")
-            redis.stop()
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Configured]:
+    with configured_stack(
+        tmp_path_factory.mktemp("drills"),
+        openai_key=KEY,
+        ari_password=PASSWORD,
+        strict_ari=False,
+        VAGENT_MEDIA_MODE="rtpengine",  # so the rtpengine drill has something to fall from
+        VAGENT_TURN_BUDGET_MS="1500",  # the double answers in ms: the default budget suits
+        VAGENT_DRAIN_S="3",
+    ) as configured:
+        up = configured.up
+        assert up.returncode in (0, 1), up.stdout + up.stderr  # 1 while prompts render
+        wait_for(lambda: steady(configured.stack), 40, "every service healthy")
+        configured.ari.wait_for_app(timeout=10)
+        yield configured
 
 
 @pytest.fixture
-def stack(world: World) -> Iterator[Stack]:
+def stack(world: Configured) -> Iterator[Stack]:
     """The shared stack, healthy before the test; the test must leave it healthy with no
     drill running (which is itself the proof that a drill cannot leave it degraded)."""
     s = world.stack
@@ -233,7 +215,9 @@ def test_status_shows_a_held_drill_and_restore_all_ends_it(stack: Stack) -> None
 
 
 @pytest.mark.slow
-def test_a_call_during_an_ari_drill_continues_in_the_dialplan(stack: Stack, world: World) -> None:
+def test_a_call_during_an_ari_drill_continues_in_the_dialplan(
+    stack: Stack, world: Configured
+) -> None:
     ari = world.ari
     hold(stack, "ari")
     try:
@@ -247,7 +231,9 @@ def test_a_call_during_an_ari_drill_continues_in_the_dialplan(stack: Stack, worl
 
 
 @pytest.mark.slow
-def test_a_call_during_a_redis_drill_hears_the_error_prompt(stack: Stack, world: World) -> None:
+def test_a_call_during_a_redis_drill_hears_the_error_prompt(
+    stack: Stack, world: Configured
+) -> None:
     ari = world.ari
     channel = ari.start_inbound_call(["inbound", "100"], answered=False)
     greeting = wait_quiet(ari, channel)
@@ -267,7 +253,7 @@ def test_a_call_during_a_redis_drill_hears_the_error_prompt(stack: Stack, world:
 
 @pytest.mark.slow
 def test_a_call_during_an_rtpengine_drill_falls_back_to_direct_rtp(
-    stack: Stack, world: World
+    stack: Stack, world: Configured
 ) -> None:
     ari, rtpengine = world.ari, world.rtpengine
     hold(stack, "rtpengine")
@@ -285,7 +271,7 @@ def test_a_call_during_an_rtpengine_drill_falls_back_to_direct_rtp(
 
 
 @pytest.mark.slow
-def test_a_fallback_that_cannot_serve_is_a_deviation(stack: Stack, world: World) -> None:
+def test_a_fallback_that_cannot_serve_is_a_deviation(stack: Stack, world: Configured) -> None:
     ai = world.ai
     ai.fail("chat", 500, model="gpt-4o-mini")  # the fallback model is really down too
     code, report = drill(stack, "llm", "--turns", "1", "--recover-timeout", "10")
@@ -297,7 +283,9 @@ def test_a_fallback_that_cannot_serve_is_a_deviation(stack: Stack, world: World)
 
 
 @pytest.mark.slow
-def test_steady_state_that_does_not_come_back_is_a_deviation(stack: Stack, world: World) -> None:
+def test_steady_state_that_does_not_come_back_is_a_deviation(
+    stack: Stack, world: Configured
+) -> None:
     """The primary model breaks for real during the drill: after the restore the turns are
     still served by the fallback, so steady state never comes back."""
     ai = world.ai
@@ -360,36 +348,6 @@ def popen(stack: Stack, *args: str) -> subprocess.Popen[str]:
 
 def requests(ari: AriDouble) -> list[tuple[str, str]]:
     return [(r.method, r.path) for r in ari.requests]
-
-
-def live_calls(stack: Stack) -> int:
-    entry = healths(stack)["call_controller"]["checks"]["ari:events"][0]
-    return int(entry.get("observedValue", -1))
-
-
-def heard_s(ari: AriDouble, channel: str) -> float:
-    return float(ari.heard(channel).duration_s)
-
-
-def wait_quiet(ari: AriDouble, channel: str, quiet_s: float = 0.6, timeout: float = 30) -> float:
-    """Until the agent has sent nothing for `quiet_s`; returns what the caller heard."""
-    last = -1.0
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = heard_s(ari, channel)
-        if now == last and now > 0:
-            return now
-        last = now
-        time.sleep(quiet_s)
-    raise AssertionError("the agent never stopped talking")
-
-
-def speech(text: str) -> bytes:
-    return subprocess.run(
-        ["espeak-ng", "--stdout", "-v", "en-us+m3", "-s", "150", text],
-        capture_output=True,
-        check=True,
-    ).stdout
 
 
 # -- without a stack -----------------------------------------------------------------------

@@ -34,10 +34,16 @@ import httpx
 import pytest
 import redis
 
-from conftest import RedisServer, Stack, make_stack, services_by_name, status, wait_for
+from conftest import (
+    RedisServer,
+    Stack,
+    configured_stack,
+    make_stack,
+    services_by_name,
+    status,
+    wait_for,
+)
 from support.ari_double import AriDouble
-from support.openai_double import OpenAIDouble
-from support.rtpengine_proc import RtpEngineProcess
 
 pytestmark = pytest.mark.slow
 
@@ -100,31 +106,23 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     """A stack with every secret configured: Redis, OpenAI and ARI passwords."""
     workdir = tmp_path_factory.mktemp("security")
     server, redis_url = _redis_with_password(workdir)
-    with (
-        OpenAIDouble(api_key=OPENAI_KEY) as openai,
-        AriDouble(user=ARI_USER, password=ARI_PASSWORD, fail_on_violations=False) as ari,
-        RtpEngineProcess() as rtpengine,
-    ):
-        stack = make_stack(
+    try:
+        with configured_stack(
             workdir,
-            VAGENT_REDIS_URL=redis_url,
-            OPENAI_API_KEY=OPENAI_KEY,
-            OPENAI_BASE_URL=openai.base_url,
-            VAGENT_ARI_URL=ari.base_url,
-            VAGENT_ARI_USER=ARI_USER,
-            VAGENT_ARI_PASSWORD=ARI_PASSWORD,
-            VAGENT_RTPENGINE_NG=rtpengine.ng_address,
+            openai_key=OPENAI_KEY,
+            ari_password=ARI_PASSWORD,
+            ari_user=ARI_USER,
+            redis_url=redis_url,
+            strict_ari=False,
             VAGENT_ASTERISK_CONFIG_DIR=str(_asterisk_configs(workdir / "asterisk")),
-        )
-        up = stack.vagent("up", "--timeout", "60")
-        try:
+        ) as world:
+            stack, up = world.stack, world.up
             assert up.returncode in (0, 1), up.stdout + up.stderr
             wait_for(lambda: status(stack)[0] == 0, 30, "every service healthy")
-            ari.wait_for_app(timeout=10)
-            yield {"stack": stack, "up": up, "ari": ari}
-        finally:
-            stack.vagent("down")
-            server.stop()
+            world.ari.wait_for_app(timeout=10)
+            yield {"stack": stack, "up": up, "ari": world.ari}
+    finally:
+        server.stop()
 
 
 def _run_dir(stack: Stack) -> Path:

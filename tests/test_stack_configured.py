@@ -11,10 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import RedisServer, Stack, make_stack, services_by_name, status, wait_for
-from support.ari_double import AriDouble
-from support.openai_double import OpenAIDouble
-from support.rtpengine_proc import RtpEngineProcess
+from conftest import RedisServer, Stack, configured_stack, services_by_name, status, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -27,27 +24,13 @@ def configured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     workdir = tmp_path_factory.mktemp("configured")
     redis = RedisServer(workdir)
     redis.start()
-    with (
-        OpenAIDouble(api_key=OPENAI_KEY) as openai,
-        AriDouble(user="vagent", password=ARI_PASSWORD) as ari,
-        RtpEngineProcess() as rtpengine,
-    ):
-        stack = make_stack(
-            workdir,
-            VAGENT_REDIS_URL=redis.url,
-            OPENAI_API_KEY=OPENAI_KEY,
-            OPENAI_BASE_URL=openai.base_url,
-            VAGENT_ARI_URL=ari.base_url,
-            VAGENT_ARI_USER="vagent",
-            VAGENT_ARI_PASSWORD=ARI_PASSWORD,
-            VAGENT_RTPENGINE_NG=rtpengine.ng_address,
-        )
-        up = stack.vagent("up", "--timeout", "60")
-        try:
-            yield {"stack": stack, "up": up, "redis": redis, "openai": openai, "ari": ari}
-        finally:
-            stack.vagent("down")
-            redis.stop()
+    try:
+        with configured_stack(
+            workdir, openai_key=OPENAI_KEY, ari_password=ARI_PASSWORD, redis_url=redis.url
+        ) as world:
+            yield {"stack": world.stack, "up": world.up, "redis": redis, "openai": world.ai}
+    finally:
+        redis.stop()
 
 
 def test_everything_configured_is_healthy(configured: dict[str, Any]) -> None:
