@@ -36,6 +36,8 @@ _STARTED = "supervisord started with pid"
 # supervisord opens its own log before it applies the config's umask=077: started
 # with this umask, every file it creates is private from the first byte.
 PRIVATE_UMASK = 0o077
+# sun_path holds 108 bytes with its terminating NUL: a longer socket path cannot be bound.
+UNIX_SOCKET_PATH_MAX = 107
 
 
 class SupervisorError(Exception):
@@ -116,6 +118,7 @@ class Supervisor:
                 "redis-server is not installed: run `apt-get install redis-server`, "
                 "or set VAGENT_REDIS_URL to an existing Redis"
             )
+        self._check_socket_path()
         for directory in (self.settings.home, self.settings.run_dir, self.settings.log_dir):
             directory.mkdir(parents=True, exist_ok=True)
             directory.chmod(0o700)
@@ -123,6 +126,17 @@ class Supervisor:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(render_config(self.settings, nodaemon))
         write_token(self.settings)
+
+    def _check_socket_path(self) -> None:
+        """Refuse a home too deep for a unix socket, before supervisord fails on it
+        with a bare `AF_UNIX path too long`."""
+        length = len(os.fsencode(self.socket.absolute()))
+        if length > UNIX_SOCKET_PATH_MAX:
+            raise SupervisorError(
+                f"VAGENT_HOME is too deep for a unix socket: {self.socket.absolute()} is "
+                f"{length} bytes, the limit is {UNIX_SOCKET_PATH_MAX}; set VAGENT_HOME to a "
+                f"shorter path (at most {UNIX_SOCKET_PATH_MAX - len('/run/supervisor.sock')} bytes)"
+            )
 
     def environment(self) -> dict[str, str]:
         """What the services inherit: the admin's environment plus where to find the rest."""

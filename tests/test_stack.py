@@ -220,3 +220,18 @@ def test_up_in_the_foreground_runs_until_signalled(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
     assert _processes_mentioning(fg.env["VAGENT_HOME"]) == []
+
+
+def test_a_home_too_deep_for_a_unix_socket_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """supervisord alone says only `AF_UNIX path too long`; up names the path and the fix,
+    and starts nothing."""
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    s = make_stack(deep)
+    result = s.vagent("up", "--timeout", "10")
+    assert result.returncode == 2, result.stdout + result.stderr
+    message = " ".join(result.stderr.split())
+    assert "VAGENT_HOME is too deep for a unix socket" in message
+    assert "set VAGENT_HOME to a shorter path" in message
+    assert not (s.home / "run" / "supervisor.sock").exists()
+    assert _processes_mentioning(s.env["VAGENT_HOME"]) == []
