@@ -32,8 +32,12 @@ run: install
 	@$(VENV)/bin/vagent up; rc=$$?; [ $$rc -le 1 ] || exit $$rc
 	@$(VENV)/bin/vagent status; true
 
+# Most tests wait on processes and sockets, so they run three modules at a time; the
+# ones that bound time or CPU (marker `serial`) then run alone on a quiet machine.
+TEST_WORKERS ?= 3
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(PY) -m pytest -m serial
 
 lint: install
 	$(VENV)/bin/ruff check .

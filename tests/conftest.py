@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -153,9 +154,35 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def short_home(tmp_path: Path) -> Path:
+    """A VAGENT_HOME in /tmp, short enough for its unix sockets however deep pytest (and
+    its xdist workers) nests tmp_path; tmp_path/vagent-home links to it."""
+    link = tmp_path / "vagent-home"
+    if link.is_symlink():
+        return link.resolve()
+    home = Path(tempfile.mkdtemp(prefix="vh-", dir="/tmp"))
+    link.symlink_to(home)
+    return home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _short_homes_move_back(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end, each short home moves to its link in the test's tmp_path: /tmp keeps
+    nothing, and the logs stay where pytest keeps the last runs' files."""
+    yield
+    for link in tmp_path_factory.getbasetemp().rglob("vagent-home"):
+        if not link.is_symlink():
+            continue
+        home = link.resolve()
+        try:
+            link.unlink()
+            home.rename(link)
+        except OSError:
+            shutil.rmtree(home, ignore_errors=True)
+
+
 def make_stack(tmp_path: Path, **extra: str) -> Stack:
-    home = tmp_path / "vagent-home"
-    home.mkdir(exist_ok=True)
+    home = short_home(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAGENT_", "OPENAI_"))}
     env.update(
         VAGENT_HOME=str(home),

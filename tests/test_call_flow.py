@@ -218,6 +218,7 @@ def test_tts_chain_down_asks_asterisk_to_speak(
     ari.hangup(channel)
 
 
+@pytest.mark.serial
 def test_twenty_concurrent_calls_each_get_their_own_answer(
     stack: Stack, doubles: tuple[AriDouble, OpenAIDouble]
 ) -> None:

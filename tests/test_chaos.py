@@ -30,7 +30,7 @@ import chaos
 CALLS, FAULTS, SEED, MINUTES = 4, 12, 11, 3.5
 
 # The soak runs once, in the fixture of whichever test comes first.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(MINUTES * 60 + 120)]
+pytestmark = [pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(MINUTES * 60 + 120)]
 
 
 @pytest.fixture(scope="module")

@@ -225,9 +225,10 @@ def test_up_in_the_foreground_runs_until_signalled(tmp_path: Path) -> None:
 def test_a_home_too_deep_for_a_unix_socket_is_refused_with_the_fix(tmp_path: Path) -> None:
     """supervisord alone says only `AF_UNIX path too long`; up names the path and the fix,
     and starts nothing."""
-    deep = tmp_path / ("d" * 100)
-    deep.mkdir()
-    s = make_stack(deep)
+    s = make_stack(tmp_path)
+    s.home = tmp_path / ("d" * 100)
+    s.home.mkdir()
+    s.env["VAGENT_HOME"] = str(s.home)
     result = s.vagent("up", "--timeout", "10")
     assert result.returncode == 2, result.stdout + result.stderr
     message = " ".join(result.stderr.split())

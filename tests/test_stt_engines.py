@@ -195,6 +195,7 @@ async def test_the_model_is_loaded_once_per_process(
     assert recogniser.load_seconds is not None and recogniser.load_seconds < 5
 
 
+@pytest.mark.serial
 async def test_decoding_leaves_the_event_loop_running(
     sphinx: PocketsphinxStt, speech: dict[str, Audio]
 ) -> None:
@@ -220,6 +221,7 @@ async def test_decoding_leaves_the_event_loop_running(
     assert max(stalls) < 0.5 * decode_s, (max(stalls), decode_s)
 
 
+@pytest.mark.serial
 async def test_pocketsphinx_is_bounded_by_the_deadline_and_frees_the_decoder(
     sphinx: PocketsphinxStt, speech: dict[str, Audio]
 ) -> None:

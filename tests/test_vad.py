@@ -258,6 +258,7 @@ def test_flush_ends_an_open_utterance_when_media_stops() -> None:
     assert not endpointer.in_speech and endpointer.flush() == []
 
 
+@pytest.mark.serial
 def test_endpointing_is_deterministic_and_much_faster_than_real_time() -> None:
     line, _ = scene(*[(k, v) for text in REQUESTS for k, v in (("gap", 1.0), ("say", text))])
     began = time.perf_counter()
