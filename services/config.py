@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -237,12 +237,24 @@ class Settings(BaseSettings):
         return f"http://{host}:{self.service_port(service)}"
 
     def secrets(self) -> list[str]:
-        """Values that must never reach a log line or an output."""
-        return [
+        """Values that must never reach a log line or an output: the API key, the ARI
+        password, and a password written into VAGENT_REDIS_URL or VAGENT_ARI_URL."""
+        values = [
             s.get_secret_value()
             for s in (self.openai_api_key, self.ari_password)
             if s is not None and s.get_secret_value()
         ]
+        return values + [
+            p for url in (self.redis_url, self.ari_url) if url for p in url_passwords(url)
+        ]
+
+
+def url_passwords(url: str) -> list[str]:
+    """The password of a URL as written and decoded, from its user info and its query."""
+    parts = urlsplit(url)
+    found = [parts.password or ""]
+    found += [v for k, v in parse_qsl(parts.query) if k == "password"]
+    return [p for raw in found if raw for p in {raw, unquote(raw)}]
 
 
 def _field_for(loc: tuple[int | str, ...]) -> tuple[str, str | None]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from vagent.services.config import ConfigError, load_settings
+from vagent.services.logs import scrubber
 
 SECRET = "sk-test-SECRETVALUE-123456"
 
@@ -115,3 +116,22 @@ def test_service_exits_with_config_error_and_message(tmp_path: Path) -> None:
     assert "VAGENT_REDIS_URL is invalid" in result.stderr
     assert "Traceback" not in result.stderr
     assert SECRET not in result.stderr
+
+
+def test_passwords_written_into_urls_are_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis or ARI URL with a password in it: the password is scrubbed like the
+    API key, as written and percent-decoded, from the user info and from `?password=`."""
+    monkeypatch.setenv("VAGENT_REDIS_URL", "redis://:r%40dis-pw@10.0.0.5:6379/0?password=q-pw")
+    monkeypatch.setenv("VAGENT_ARI_URL", "http://vagent:ari-url-pw@127.0.0.1:8088")
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    secrets = load_settings().secrets()
+    assert {SECRET, "r%40dis-pw", "r@dis-pw", "q-pw", "ari-url-pw"} <= set(secrets)
+    scrub = scrubber(secrets)
+    line = scrub("Redis unreachable at redis://:r@dis-pw@10.0.0.5:6379/0?password=q-pw")
+    assert line == "Redis unreachable at redis://:***@10.0.0.5:6379/0?password=***"
+
+
+def test_urls_without_passwords_add_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAGENT_REDIS_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("VAGENT_ARI_URL", "http://127.0.0.1:8088")
+    assert load_settings().secrets() == []

@@ -24,7 +24,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import httpx
 import openai
@@ -36,7 +36,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from vagent.cli.doctor.model import DoctorCheck, DoctorContext, Finding, Status
 from vagent.cli.supervisor import Supervisor
 from vagent.services.call_controller.ari import AriClient, AriError
-from vagent.services.config import Settings
+from vagent.services.config import Settings, url_passwords
+from vagent.services.logs import scrubber
 from vagent.services.openai_client import make_client
 from vagent.services.redis_client import connect
 from vagent.services.rtpengine import (
@@ -184,7 +185,7 @@ async def _vagent_up(budget: _Budget) -> bool:
 def redact_url(url: str) -> str:
     """`url` with its password (user info or `?password=`) replaced by `***`, fit to print."""
     parts = urlsplit(url)
-    if not _url_passwords(url):
+    if not url_passwords(url):
         return url  # unchanged: urlunsplit would also turn unix:///path into unix:/path
     netloc = parts.netloc
     if parts.password is not None:
@@ -195,29 +196,12 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def _url_passwords(url: str) -> list[str]:
-    """The password of a URL as written and decoded, from its user info and its query."""
-    parts = urlsplit(url)
-    found = [parts.password or ""]
-    found += [v for k, v in parse_qsl(parts.query) if k == "password"]
-    return [p for raw in found if raw for p in {raw, unquote(raw)}]
-
-
-def _secrets(settings: Settings) -> list[str]:
-    """Everything that must never be printed, longest first so no fragment survives."""
-    values = settings.secrets() + (_url_passwords(settings.redis_url) if settings.redis_url else [])
-    return sorted(set(values), key=len, reverse=True)
-
-
-def _scrub(findings: list[Finding], secrets: list[str]) -> list[Finding]:
-    """Replace any secret in the findings' text by `***` (a last line of defence)."""
+def _scrub(findings: list[Finding], settings: Settings) -> list[Finding]:
+    """Every secret of the settings out of the findings' text (a last line of defence)."""
+    scrub = scrubber(settings.secrets())
 
     def clean(value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        for secret in secrets:
-            value = value.replace(secret, "***")
-        return value
+        return scrub(value) if isinstance(value, str) else value
 
     return [
         dataclasses.replace(f, output=clean(f.output), fix=clean(f.fix), observed=clean(f.observed))
@@ -229,7 +213,7 @@ def _check(run: Callable[[_Budget], Awaitable[list[Finding]]]) -> Run:
     """`run` as a doctor check: within one budget, and scrubbed of the settings' secrets."""
 
     async def check(ctx: DoctorContext) -> list[Finding]:
-        return _scrub(await run(_Budget.start(ctx)), _secrets(ctx.settings))
+        return _scrub(await run(_Budget.start(ctx)), ctx.settings)
 
     check.__doc__ = run.__doc__
     return check
@@ -384,7 +368,7 @@ _EVICTABLE = {
 
 def _has_credentials(url: str) -> bool:
     parts = urlsplit(url)
-    return bool(parts.username or parts.password or _url_passwords(url))
+    return bool(parts.username or parts.password or url_passwords(url))
 
 
 async def run_redis(budget: _Budget) -> list[Finding]:

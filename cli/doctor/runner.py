@@ -16,12 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
-from urllib.parse import urlsplit
 
 from vagent.cli.doctor import asterisk_checks, dependencies, processes, security
 from vagent.cli.doctor.model import DoctorCheck, DoctorContext, Finding
 from vagent.cli.doctor.report import DoctorReport
-from vagent.services.config import ConfigError, Settings, load_settings
+from vagent.services.config import ConfigError, load_settings
 
 # A check bounds its own I/O by the context's timeout; the runner's bound is a
 # backstop for one that does not, a little later so it does not race the check.
@@ -145,12 +144,6 @@ async def run_checks(selection: Selection, ctx: DoctorContext) -> list[Finding]:
     return [finding for group in groups for finding in group if selection.keeps(finding)]
 
 
-def _secrets(settings: Settings) -> tuple[str, ...]:
-    """Settings' secrets, and a Redis password embedded in VAGENT_REDIS_URL."""
-    redis_password = urlsplit(settings.redis_url or "").password
-    return (*settings.secrets(), *([redis_password] if redis_password else []))
-
-
 def _config_finding(error: ConfigError) -> Finding:
     """An invalid configuration is a known failure: nothing can start (critical)."""
     return Finding(
@@ -171,4 +164,4 @@ def diagnose(only: Sequence[str], timeout_s: float) -> DoctorReport:
     except ConfigError as error:
         return DoctorReport([_config_finding(error)], time.monotonic() - start)
     findings = asyncio.run(run_checks(selection, DoctorContext(settings, timeout_s)))
-    return DoctorReport(findings, time.monotonic() - start, _secrets(settings))
+    return DoctorReport(findings, time.monotonic() - start, tuple(settings.secrets()))
