@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import sys
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
@@ -31,8 +32,6 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import httpx
-import httpx2
-import openai
 import pybreaker
 import redis.exceptions
 from tenacity import (
@@ -81,29 +80,38 @@ class DeadlineExceeded(DependencyError):
     kind = ErrorKind.DEADLINE
 
 
-_OPENAI_PERMANENT = (
-    openai.AuthenticationError,
-    openai.PermissionDeniedError,
-    openai.NotFoundError,
-)
-# The installed openai client talks through httpx2, not httpx (which ARI and the
-# health probes use): a status error can come from either package.
-_HTTP_STATUS_ERRORS = (httpx.HTTPStatusError, httpx2.HTTPStatusError)
-
-
 def classify(exc: BaseException) -> ErrorKind:
     """Sort an exception into an ErrorKind; unknown errors count as transient."""
     if isinstance(exc, DependencyError):
         return exc.kind
-    if isinstance(exc, (*_OPENAI_PERMANENT, redis.exceptions.AuthenticationError)):
+    if isinstance(exc, redis.exceptions.AuthenticationError):
         return ErrorKind.PERMANENT
     if isinstance(exc, redis.exceptions.ResponseError):
         return ErrorKind.REJECTED
-    if isinstance(exc, openai.APIStatusError):
-        return _classify_status(exc.status_code)
-    if isinstance(exc, _HTTP_STATUS_ERRORS):
+    if isinstance(exc, httpx.HTTPStatusError):
         return _classify_status(exc.response.status_code)
-    return ErrorKind.TRANSIENT
+    return _openai_kind(exc) or ErrorKind.TRANSIENT
+
+
+def _openai_kind(exc: BaseException) -> ErrorKind | None:
+    """The kind of an error of the openai client or of httpx2, its transport.
+
+    Looked up in sys.modules, never imported: a process that has not loaded the
+    client (the call controller) cannot hold one of its errors, and importing it
+    would add a second to that process's start, which is a caller's silence
+    after a crash.
+    """
+    openai = sys.modules.get("openai")
+    if openai is not None:
+        permanent = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
+        if isinstance(exc, permanent):
+            return ErrorKind.PERMANENT
+        if isinstance(exc, openai.APIStatusError):
+            return _classify_status(exc.status_code)
+    httpx2 = sys.modules.get("httpx2")
+    if httpx2 is not None and isinstance(exc, httpx2.HTTPStatusError):
+        return _classify_status(exc.response.status_code)
+    return None
 
 
 def _classify_status(status: int) -> ErrorKind:

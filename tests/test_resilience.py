@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -326,3 +328,17 @@ async def test_a_refused_request_is_neither_retried_nor_counted() -> None:
             await dependency.call(too_large)
     assert attempts == 3  # one attempt per call
     assert dependency.breaker.state == "closed" and dependency.breaker.fail_count == 0
+
+
+def test_the_call_controller_starts_without_loading_the_openai_client() -> None:
+    """The policy layer classifies openai errors without importing openai: the
+    controller never talks to OpenAI, and the second that import costs is a caller's
+    silence each time a controller restarts."""
+    probe = (
+        "import sys, vagent.services.call_controller.service;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'openai'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"

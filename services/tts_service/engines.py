@@ -18,10 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx2
-from openai import AsyncOpenAI
 
 from vagent.services import metrics
 from vagent.services.audio import FRAME_MS, Audio, AudioFormatError, read_wav, ulaw_encode
@@ -32,6 +31,9 @@ from vagent.services.resilience import (
     ErrorKind,
     time_left,
 )
+
+if TYPE_CHECKING:  # the controller renders its prompts here and never loads openai
+    from openai import AsyncOpenAI
 
 OPENAI_PCM_RATE = 24_000
 """OpenAI's `pcm` speech format: raw 24 kHz, 16-bit signed little-endian, mono."""
