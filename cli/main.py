@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -67,20 +68,34 @@ def _require_running(sup: Supervisor) -> None:
 
 
 def _wait_ready(sup: Supervisor, timeout_s: float) -> list[ServiceStatus]:
-    """Poll supervisord and /health until every service answers, showing progress."""
-    deadline = time.monotonic() + timeout_s
-    rows = collect(sup, sup.settings, timeout_s=1.0)
+    """Poll supervisord and /health until every service answers: a live table on a
+    terminal, the final table alone in a log or a pipe (where Live would not end its
+    last line)."""
+    if not console.is_terminal:
+        rows = _poll_ready(sup, timeout_s, lambda _rows: None)
+        console.print(table(rows))
+        return rows
     spinner = Spinner("dots", text="waiting for the services to become ready")
+    rows = collect(sup, sup.settings, timeout_s=1.0)
     with Live(Group(spinner, table(rows)), console=console, transient=False) as live:
-        while time.monotonic() < deadline:
-            rows = collect(sup, sup.settings, timeout_s=1.0)
-            live.update(Group(spinner, table(rows)))
-            services = [r for r in rows if r.name in SERVICES]
-            if all(r.ready for r in services) or any(r.state == "FATAL" for r in rows):
-                break
-            time.sleep(0.5)
+        rows = _poll_ready(sup, timeout_s, lambda now: live.update(Group(spinner, table(now))))
         live.update(table(rows))
     return rows
+
+
+def _poll_ready(
+    sup: Supervisor, timeout_s: float, show: Callable[[list[ServiceStatus]], None]
+) -> list[ServiceStatus]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = collect(sup, sup.settings, timeout_s=1.0)
+        show(rows)
+        services = [r for r in rows if r.name in SERVICES]
+        if all(r.ready for r in services) or any(r.state == "FATAL" for r in rows):
+            return rows
+        if time.monotonic() >= deadline:
+            return rows
+        time.sleep(0.5)
 
 
 def _report(rows: list[ServiceStatus], sup: Supervisor) -> int:

@@ -40,6 +40,11 @@ def test_up_starts_every_service_and_reports_degraded_without_asterisk(stack: St
     assert up.returncode == 1, up.stdout + up.stderr
     assert "ARI not configured" in up.stdout
     assert "asterisk-ari.md" in up.stdout
+    # In a log or a pipe: the final table once, its last line ended, then the problems.
+    lines = up.stdout.splitlines()
+    assert sum(line.startswith("vagent services") for line in lines) == 1
+    bottom = [line for line in lines if line.startswith("└")]
+    assert len(bottom) == 1 and bottom[0].rstrip().endswith("┘"), up.stdout
     code, body = status(stack)
     assert code == 1
     services = services_by_name(body)
