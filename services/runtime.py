@@ -150,7 +150,31 @@ async def _run_workers(workers: list[Job]) -> None:
             os._exit(70)
 
 
-async def _serve(service: str, settings: Settings, build: Builder) -> None:
+def bind_port(service: str, settings: Settings) -> socket.socket:
+    """The service's port, bound before anything else starts.
+
+    uvicorn binds only after the application has started, so a port in use would
+    first start the workers: a controller would register the Stasis app and take
+    over calls, only to exit a moment later. Bound first, the process stops at once
+    and says which port and what to change.
+    """
+    host, port = settings.bind_host, settings.service_port(service)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        offset = port - settings.port_base
+        raise ConfigError(
+            f"cannot listen on {host}:{port} (VAGENT_PORT_BASE + {offset}): {exc.strerror}; "
+            f"stop what holds it (`ss -ltnp 'sport = :{port}'`) or set VAGENT_PORT_BASE to "
+            "the first of five free ports"
+        ) from exc
+    return sock
+
+
+async def _serve(service: str, settings: Settings, build: Builder, sock: socket.socket) -> None:
     store = RedisStore(settings.effective_redis_url)
     spec = build(settings, store)
     checks = [*store.checks(settings.health_timeout_s), *spec.checks, drill_check()]
@@ -175,23 +199,17 @@ async def _serve(service: str, settings: Settings, build: Builder) -> None:
 
     app = create_app(service, monitor, control)
     app.router.lifespan_context = lifespan
-    config = uvicorn.Config(
-        app,
-        host=settings.bind_host,
-        port=settings.service_port(service),
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
-    await uvicorn.Server(config).serve()
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
+    await uvicorn.Server(config).serve(sockets=[sock])
 
 
 def serve(service: str, build: Builder) -> None:
     """Entry point of a service process."""
     try:
         settings = load_settings()
+        sock = bind_port(service, settings)
     except ConfigError as error:
         print(f"{service}: configuration error:\n{error}", file=sys.stderr)
         sys.exit(EX_CONFIG)
     configure_logging(service, settings.log_format, settings.log_level, settings.secrets())
-    asyncio.run(_serve(service, settings, build))
+    asyncio.run(_serve(service, settings, build, sock))

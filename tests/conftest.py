@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -33,12 +34,21 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
+# Stacks listen below the kernel's ephemeral ports (32768 and up here): a port the
+# kernel hands out for an outgoing connection or a bind to port 0, in any process of
+# any worker, can then never be the one a service is about to bind. Each xdist worker
+# draws from its own slice of this range, so two workers never pick the same block.
+STACK_PORTS = range(20000, 32000)
+_WORKER_SLICE = 1500
+
+
 def free_port_block(size: int = 5) -> int:
     """A base port whose next `size` ports are free: a vagent stack needs five."""
-    for _ in range(50):
-        base = free_port()
-        if base + size > 65000:
-            continue
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    low = STACK_PORTS.start + (int(worker) if worker.isdigit() else 0) * _WORKER_SLICE
+    high = min(low + _WORKER_SLICE, STACK_PORTS.stop)
+    for _ in range(100):
+        base = random.randrange(low, high - size)
         try:
             for offset in range(size):
                 with socket.socket() as s:
@@ -46,7 +56,7 @@ def free_port_block(size: int = 5) -> int:
         except OSError:
             continue
         return base
-    raise RuntimeError("no free block of ports")
+    raise RuntimeError(f"no free block of {size} ports in {low}-{high}")
 
 
 class RedisServer:

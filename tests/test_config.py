@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,36 @@ def test_urls_without_passwords_add_no_secret(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("VAGENT_REDIS_URL", "redis://127.0.0.1:6379/0")
     monkeypatch.setenv("VAGENT_ARI_URL", "http://127.0.0.1:8088")
     assert load_settings().secrets() == []
+
+
+def test_a_service_whose_port_is_taken_stops_at_once_and_names_it(tmp_path: Path) -> None:
+    """The port is bound before the service starts anything: a controller would otherwise
+    connect to Asterisk and take calls, then die on the bind. The message names the port,
+    its offset from VAGENT_PORT_BASE and the fix."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAGENT_", "OPENAI_"))}
+        # Nothing listens at these: a service that got past its port would hang trying them.
+        env.update(
+            VAGENT_HOME=str(tmp_path),
+            VAGENT_PORT_BASE=str(port - 1),
+            VAGENT_REDIS_URL="redis://127.0.0.1:9/0",
+            VAGENT_ARI_URL="http://127.0.0.1:9",
+            VAGENT_ARI_PASSWORD=SECRET,
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "vagent.services.call_controller"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 78, result.stderr
+    message = " ".join(result.stderr.split())
+    assert f"cannot listen on 127.0.0.1:{port} (VAGENT_PORT_BASE + 1)" in message
+    assert "set VAGENT_PORT_BASE to the first of five free ports" in message
+    assert "Traceback" not in result.stderr and SECRET not in result.stderr
+    assert "ready on" not in result.stderr
