@@ -24,31 +24,17 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from conftest import free_port_block
+
 VAGENT = str(Path(sys.executable).parent / "vagent")
 SERVICES = ("call_controller", "stt_service", "llm_service", "tts_service")
 
 
-def _free_base() -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base < 60000 and all(_free(base + i) for i in range(5)):
-            return base
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAGENT_", "OPENAI_"))}
-    env.update(VAGENT_HOME=str(home), VAGENT_PORT_BASE=str(_free_base()), **extra)
+    env.update(VAGENT_HOME=str(home), VAGENT_PORT_BASE=str(free_port_block()), **extra)
     return env
 
 

@@ -232,6 +232,7 @@ class Drill:
             found = await watch.until(shown, min(EVIDENCE_WAIT_S, left))
             if not found:
                 self.report.deviations.append(f"never observed: {evidence.describe()}")
+        await watch.last_look()
         if time.monotonic() - self.t0 >= self.plan.duration_s:
             self.report.notes.append(
                 f"the fault expired by itself ({self.plan.duration_s:g} s) before the drill was "

@@ -1,7 +1,9 @@
 """Watch every service's /health during a drill, and remember each change.
 
 Polled every POLL_S: a breaker that opens and closes again between two
-polls is missed, which is why the drill also judges its probe turns.
+polls is missed, which is why the drill also judges its probe turns. The
+state the fault leaves is always seen (`last_look`): the restore closes the
+breakers it opened, often within a poll of the last turn.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class HealthWatch:
         )
         self._waiting.append(future)
         return await future
+
+    async def last_look(self) -> None:
+        """Wait for one poll that starts now (bounded by a poll's own timeout)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.fresh(), POLL_S + HEALTH_TIMEOUT_S + 1.0)
 
     async def until(self, condition: Callable[[], bool], timeout_s: float) -> bool:
         """Whether `condition` (over the events so far) holds within `timeout_s`."""
