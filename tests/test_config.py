@@ -102,16 +102,25 @@ def test_cli_prints_the_fix_not_a_traceback(tmp_path: Path) -> None:
     assert SECRET not in result.stdout + result.stderr
 
 
-def test_service_exits_with_config_error_and_message(tmp_path: Path) -> None:
+def run_service(module: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """One service process with only `settings` for configuration, run to its exit."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAGENT_", "OPENAI_"))}
-    env.update(VAGENT_HOME=str(tmp_path), VAGENT_REDIS_URL="localhost", VAGENT_ARI_PASSWORD=SECRET)
-    result = subprocess.run(
-        [sys.executable, "-m", "vagent.services.llm_service"],
-        env=env,
+    return subprocess.run(
+        [sys.executable, "-m", f"vagent.services.{module}"],
+        env={**env, **settings},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+    )
+
+
+def test_service_exits_with_config_error_and_message(tmp_path: Path) -> None:
+    result = run_service(
+        "llm_service",
+        VAGENT_HOME=str(tmp_path),
+        VAGENT_REDIS_URL="localhost",
+        VAGENT_ARI_PASSWORD=SECRET,
     )
     assert result.returncode == 78
     assert "VAGENT_REDIS_URL is invalid" in result.stderr
@@ -146,22 +155,14 @@ def test_a_service_whose_port_is_taken_stops_at_once_and_names_it(tmp_path: Path
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAGENT_", "OPENAI_"))}
         # Nothing listens at these: a service that got past its port would hang trying them.
-        env.update(
+        result = run_service(
+            "call_controller",
             VAGENT_HOME=str(tmp_path),
             VAGENT_PORT_BASE=str(port - 1),
             VAGENT_REDIS_URL="redis://127.0.0.1:9/0",
             VAGENT_ARI_URL="http://127.0.0.1:9",
             VAGENT_ARI_PASSWORD=SECRET,
-        )
-        result = subprocess.run(
-            [sys.executable, "-m", "vagent.services.call_controller"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
         )
     assert result.returncode == 78, result.stderr
     message = " ".join(result.stderr.split())
