@@ -91,9 +91,8 @@ def _poll_ready(
         rows = collect(sup, sup.settings, timeout_s=1.0)
         show(rows)
         services = [r for r in rows if r.name in SERVICES]
-        if all(r.ready for r in services) or any(r.state == "FATAL" for r in rows):
-            return rows
-        if time.monotonic() >= deadline:
+        settled = all(r.ready for r in services) or any(r.state == "FATAL" for r in rows)
+        if settled or time.monotonic() >= deadline:
             return rows
         time.sleep(0.5)
 

@@ -230,6 +230,25 @@ def lab_asterisk_config(root: Path, ari_port: int, password: str) -> Path:
     return root
 
 
+@contextmanager
+def answering_stack(
+    workdir: Path, ari: AriDouble, password: str, *, healthy_within_s: float = 0, **extra: str
+) -> Iterator[Stack]:
+    """`vagent up` with the ARI double as Asterisk (user vagent, `password`), until the
+    Stasis app is registered and, given `healthy_within_s`, every service is healthy;
+    `vagent down` at the end, whatever happened. `extra` adds environment variables."""
+    stack = make_stack(workdir, VAGENT_ARI_URL=ari.base_url, VAGENT_ARI_PASSWORD=password, **extra)
+    try:
+        up = stack.vagent("up", "--timeout", "60")
+        assert up.returncode in (0, 1), up.stdout + up.stderr  # 1 while the prompts render
+        if healthy_within_s:
+            wait_for(lambda: status(stack)[0] == 0, healthy_within_s, "every service healthy")
+        ari.wait_for_app(timeout=10)
+        yield stack
+    finally:
+        stack.vagent("down")
+
+
 @dataclass(frozen=True)
 class Configured:
     """A fully configured stack and the outside world it talks to."""

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Stack, make_stack, services_by_name, status, wait_for
+from conftest import Stack, answering_stack, services_by_name, status, wait_for
 from support.ari_double import AriDouble
 from support.openai_double import OpenAIDouble
 from vagent.cli.supervisor import Supervisor
@@ -46,21 +46,17 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, doubles: tuple[AriDouble, OpenAIDouble]
 ) -> Iterator[Stack]:
     ari, ai = doubles
-    s = make_stack(
+    with answering_stack(
         tmp_path_factory.mktemp("calls"),
-        VAGENT_ARI_URL=ari.base_url,
-        VAGENT_ARI_PASSWORD=PASSWORD,
+        ari,
+        PASSWORD,
+        healthy_within_s=30,
         OPENAI_API_KEY=KEY,
         OPENAI_BASE_URL=ai.base_url,
         VAGENT_LOCAL_TTS="none",
         VAGENT_DRAIN_S="5",
-    )
-    up = s.vagent("up", "--timeout", "60")
-    assert up.returncode in (0, 1), up.stdout + up.stderr  # 1 while the prompts render
-    wait_for(lambda: status(s)[0] == 0, 30, "every service healthy")
-    ari.wait_for_app(timeout=10)
-    yield s
-    s.vagent("down")
+    ) as s:
+        yield s
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import Stack, make_stack, wait_for
+from conftest import Stack, answering_stack, wait_for
 from support.ari_double import AriDouble
 from support.rtpengine_proc import RtpEngineProcess
 
@@ -24,21 +24,15 @@ def anchored(
     with (
         AriDouble(user="vagent", password=PASSWORD, fail_on_violations=False) as ari,
         RtpEngineProcess() as rtpengine,
-    ):
-        stack = make_stack(
+        answering_stack(
             tmp_path_factory.mktemp("anchored"),
-            VAGENT_ARI_URL=ari.base_url,
-            VAGENT_ARI_PASSWORD=PASSWORD,
+            ari,
+            PASSWORD,
             VAGENT_RTPENGINE_NG=rtpengine.ng_address,
             VAGENT_MEDIA_MODE="rtpengine",
-        )
-        up = stack.vagent("up", "--timeout", "60")
-        assert up.returncode in (0, 1), up.stdout + up.stderr
-        ari.wait_for_app(timeout=10)
-        try:
-            yield stack, ari, rtpengine
-        finally:
-            stack.vagent("down")
+        ) as stack,
+    ):
+        yield stack, ari, rtpengine
 
 
 def test_the_call_is_heard_both_ways_through_rtpengine(

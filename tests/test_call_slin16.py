@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import Stack, make_stack, wait_for
+from conftest import Stack, answering_stack, wait_for
 from support.ari_double import AriDouble
 
 pytestmark = pytest.mark.slow
@@ -18,20 +18,13 @@ PASSWORD = "ari-slin16-secret"
 
 @pytest.fixture(scope="module")
 def wideband(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, AriDouble]]:
-    with AriDouble(user="vagent", password=PASSWORD, fail_on_violations=False) as ari:
-        stack = make_stack(
-            tmp_path_factory.mktemp("slin16"),
-            VAGENT_ARI_URL=ari.base_url,
-            VAGENT_ARI_PASSWORD=PASSWORD,
-            VAGENT_MEDIA_FORMAT="slin16",
-        )
-        up = stack.vagent("up", "--timeout", "60")
-        assert up.returncode in (0, 1), up.stdout + up.stderr
-        ari.wait_for_app(timeout=10)
-        try:
-            yield stack, ari
-        finally:
-            stack.vagent("down")
+    with (
+        AriDouble(user="vagent", password=PASSWORD, fail_on_violations=False) as ari,
+        answering_stack(
+            tmp_path_factory.mktemp("slin16"), ari, PASSWORD, VAGENT_MEDIA_FORMAT="slin16"
+        ) as stack,
+    ):
+        yield stack, ari
 
 
 def test_wideband_caller_is_heard_and_answered(wideband: tuple[Stack, AriDouble]) -> None:

@@ -30,7 +30,14 @@ from test_call_flow import (
     wait_quiet,
 )
 
-from conftest import RedisServer, Stack, make_stack, services_by_name, status, wait_for
+from conftest import (
+    RedisServer,
+    Stack,
+    answering_stack,
+    services_by_name,
+    status,
+    wait_for,
+)
 from support.ari_double import AriDouble
 from support.openai_double import OpenAIDouble
 from vagent.cli.supervisor import Supervisor
@@ -65,21 +72,17 @@ def stack(
     redis_server: RedisServer,
 ) -> Iterator[Stack]:
     ari, ai = doubles
-    s = make_stack(
+    with answering_stack(
         tmp_path_factory.mktemp("chaos-regressions"),
+        ari,
+        PASSWORD,
+        healthy_within_s=40,
         VAGENT_REDIS_URL=redis_server.url,
-        VAGENT_ARI_URL=ari.base_url,
-        VAGENT_ARI_PASSWORD=PASSWORD,
         OPENAI_API_KEY=KEY,
         OPENAI_BASE_URL=ai.base_url,
         VAGENT_DRAIN_S="5",
-    )
-    up = s.vagent("up", "--timeout", "60")
-    assert up.returncode in (0, 1), up.stdout + up.stderr
-    wait_for(lambda: status(s)[0] == 0, 40, "every service healthy")
-    ari.wait_for_app(timeout=10)
-    yield s
-    s.vagent("down")
+    ) as s:
+        yield s
 
 
 @pytest.fixture(autouse=True)
