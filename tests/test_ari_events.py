@@ -82,6 +82,7 @@ async def test_stasis_start_reaches_the_handler(
     assert start["args"] == ["inbound", "100"]
 
 
+@pytest.mark.serial
 async def test_dropped_websocket_is_back_within_a_second(
     ari: AriDouble, link: tuple[AriEvents, Recorder]
 ) -> None:
@@ -95,6 +96,7 @@ async def test_dropped_websocket_is_back_within_a_second(
     await recorder.wait("StasisStart")
 
 
+@pytest.mark.serial
 async def test_asterisk_restart_reconnects_within_a_second_of_it_answering(
     ari: AriDouble, link: tuple[AriEvents, Recorder]
 ) -> None:
@@ -123,6 +125,7 @@ def ari_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
     process.wait(10)
 
 
+@pytest.mark.serial
 async def test_a_frozen_asterisk_is_noticed_within_3_seconds(
     ari_process: tuple[subprocess.Popen[str], str],
 ) -> None:

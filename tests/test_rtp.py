@@ -460,6 +460,7 @@ async def test_two_endpoints_exchange_audio_both_ways() -> None:
     assert app.stats.packets_in == app.stats.packets_out == 10
 
 
+@pytest.mark.serial
 async def test_agent_audio_is_paced_at_20_ms_without_drift(
     endpoint: RtpEndpoint, asterisk: Recorder
 ) -> None:
